@@ -1,0 +1,1 @@
+"""Detection: the detector protocol, backends, weighted boxes fusion and crops."""

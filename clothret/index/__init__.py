@@ -1,0 +1,1 @@
+"""The FAISS index: build, publish, load and search."""
