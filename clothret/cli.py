@@ -1,0 +1,227 @@
+"""The ``clothret`` command: one subcommand per step, and ``demo`` for all of them.
+
+    clothret demo                       synthetic catalogue → train → refresh → search → evaluate → report
+    clothret synth --out DIR            synthetic data set in the DeepFashion2 layout
+    clothret train --data DIR --out DIR train a detector and an embedder, write bundle.yaml
+    clothret catalogue --split DIR --out manifest.jsonl
+    clothret refresh --manifest M --bundle B --store S --index I
+    clothret search IMAGE [IMAGE ...]   top shop items for any image file
+    clothret evaluate --split DIR --bundle B --index I --out DIR
+    clothret report --split DIR --submission F --out report.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_WORKDIR = "demo-work"
+
+logger = logging.getLogger("clothret")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    logging.getLogger("clothret").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _run_refresh_flow(config):
+    from flows.catalogue_refresh import catalogue_refresh
+
+    return catalogue_refresh(config)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from clothret.demo import run_demo
+
+    summary = run_demo(Path(args.workdir), _run_refresh_flow, seed=args.seed, segment_size=args.segment_size)
+    _print_summary(summary, Path(args.workdir))
+    return 0
+
+
+def _print_summary(summary: dict, workdir: Path) -> None:
+    lines = [
+        "",
+        "clothret demo: results",
+        f"  gallery: {summary['n_gallery_images']} shop images, {summary['n_gallery_items']} items, "
+        f"{summary['n_gallery_boxes']} boxes",
+        f"  queries: {summary['n_query_images']} street images, {summary['n_query_items']} items",
+        "  " + "  ".join(f"{k}={summary[k]:.3f}" for k in summary if k.startswith("acc@")),
+        f"  chance: acc@1={summary['chance_acc@1']:.3f}  acc@10={summary['chance_acc@10']:.3f}",
+        "  timings (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings"].items()),
+        f"  total: {summary['seconds']} s",
+        f"  summary: {workdir / 'summary.json'}   report: {workdir / 'report.html'}",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from clothret.datasets.synthetic import SyntheticSizes, generate_dataset
+
+    splits = {
+        "train": SyntheticSizes(n_pairs=args.train_pairs, street_per_pair=3),
+        "validation": SyntheticSizes(n_pairs=args.val_pairs, street_per_pair=2),
+    }
+    out = generate_dataset(args.out, seed=args.seed, splits=splits)
+    sys.stdout.write(json.dumps({k: len(v) for k, v in out.items()}) + "\n")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from clothret.demo import train_models
+
+    bundle = train_models(Path(args.data), Path(args.out), seed=args.seed)
+    sys.stdout.write(f"bundle: {bundle}\n")
+    return 0
+
+
+def cmd_catalogue(args: argparse.Namespace) -> int:
+    from clothret.datasets.catalogue import manifest_from_folder, write_manifest
+    from clothret.demo import build_catalogue
+
+    if args.split:
+        n = build_catalogue(args.split, args.out)
+    else:
+        entries = manifest_from_folder(args.folder)
+        write_manifest(entries, args.out)
+        n = len(entries)
+    sys.stdout.write(f"manifest of {n} images: {args.out}\n")
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from clothret.refresh import RefreshConfig
+
+    config = RefreshConfig(
+        manifest_url=args.manifest, bundle_url=args.bundle, store_url=args.store, index_url=args.index,
+        segment_size=args.segment_size,
+    )
+    build = _run_refresh_flow(config)
+    sys.stdout.write(json.dumps(build, indent=2) + "\n")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from clothret.index.search import SearchIndex, top_items
+    from clothret.models import load_bundle, load_models
+    from clothret.pipeline.query import search_images
+
+    models = load_models(load_bundle(args.bundle))
+    index = SearchIndex.load(args.index)
+    images = [(Path(p).stem, p) for p in args.images]
+    results, failures = search_images(models, index, images, k=max(20, 3 * args.top))
+    for image_id, reason in failures.items():
+        sys.stdout.write(f"{image_id}: could not be read ({reason})\n")
+    for r in results:
+        box = ", ".join(f"{v:.0f}" for v in r.box)
+        sys.stdout.write(f"{r.query_image_id}: category {r.category_id} score {r.score:.2f} box [{box}]\n")
+        for rank, (item, image, sim, gbox) in enumerate(top_items(r, args.top), start=1):
+            sys.stdout.write(f"  {rank:2d}. item {item}  image {image}  similarity {sim:.3f}\n")
+    if not results and not failures:
+        sys.stdout.write("no garment found in the given images\n")
+    return 1 if failures and not results else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from clothret.demo import evaluate
+
+    scores, *_ = evaluate(args.split, args.bundle, args.index, args.out)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "scores.json").write_text(json.dumps(scores, indent=2, default=str))
+    sys.stdout.write(json.dumps({k: v for k, v in scores.items() if k.startswith("acc@")}, indent=2) + "\n")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from clothret.datasets.deepfashion2 import read_split
+    from clothret.evaluation.submission import read_submission
+    from clothret.report import write_report
+
+    records = read_split(args.split)
+    queries = [r for r in records if r.source == "user"]
+    gallery = [r for r in records if r.source == "shop"]
+    width = len(records[0].image_id) if records else None
+    write_report(args.out, queries, gallery, read_submission(args.submission, id_width=width))
+    sys.stdout.write(f"report: {args.out}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clothret", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    wd = f"{DEFAULT_WORKDIR}"
+
+    p = sub.add_parser("demo", help="run the whole pipeline on a synthetic catalogue")
+    p.add_argument("--workdir", default=wd)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--segment-size", type=int, default=64)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("synth", help="generate a synthetic data set in the DeepFashion2 layout")
+    p.add_argument("--out", required=True)
+    p.add_argument("--train-pairs", type=int, default=400)
+    p.add_argument("--val-pairs", type=int, default=130)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_synth)
+
+    p = sub.add_parser("train", help="train a detector and an embedder on DATA/train, write OUT/bundle.yaml")
+    p.add_argument("--data", required=True, help="data set root holding train/")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("catalogue", help="write a gallery manifest")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--split", help="a DeepFashion2 split: its shop images")
+    src.add_argument("--folder", help="every image file under a folder")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_catalogue)
+
+    p = sub.add_parser("refresh", help="run the catalogue_refresh flow")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--index", required=True)
+    p.add_argument("--segment-size", type=int, default=1000)
+    p.set_defaults(fn=cmd_refresh)
+
+    p = sub.add_parser("search", help="top shop items for image files")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--bundle", default=f"{wd}/models/bundle.yaml")
+    p.add_argument("--index", default=f"{wd}/index")
+    p.add_argument("--top", type=int, default=5)
+    p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("evaluate", help="Acc@k of a split's street images against the index")
+    p.add_argument("--split", default=f"{wd}/data/validation")
+    p.add_argument("--bundle", default=f"{wd}/models/bundle.yaml")
+    p.add_argument("--index", default=f"{wd}/index")
+    p.add_argument("--out", default=f"{wd}/evaluation")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("report", help="HTML report of a submission file")
+    p.add_argument("--split", default=f"{wd}/data/validation")
+    p.add_argument("--submission", default=f"{wd}/submission.json")
+    p.add_argument("--out", default=f"{wd}/report.html")
+    p.set_defaults(fn=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.fn(args)
+    except (FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The demo, step by step: synthetic data → train → catalogue → refresh → search → evaluate → report.
+
+Every step is a plain function over a work folder, so each can also run alone from the CLI. The
+refresh step takes the refresh runner as an argument (the Prefect flow, injected by the CLI), so this
+library module stays free of the orchestrator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import fsspec
+import numpy as np
+
+from clothret.datasets.catalogue import manifest_from_records, write_manifest
+from clothret.datasets.deepfashion2 import read_split
+from clothret.datasets.records import ImageRecord
+from clothret.datasets.synthetic import DEFAULT_SPLITS, SyntheticSizes, generate_dataset
+from clothret.evaluation.retrieval import retrieval_accuracy
+from clothret.evaluation.submission import write_submission
+from clothret.index.results import QueryResult
+from clothret.index.search import SearchIndex
+from clothret.models import DetectorEntry, EmbedderEntry, ModelBundle, load_bundle, load_models, save_bundle
+from clothret.pipeline.query import search_images
+from clothret.refresh import RefreshConfig
+from clothret.report import write_report
+
+logger = logging.getLogger(__name__)
+
+
+def _fingerprint(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _done_marker(path: Path, recipe: dict) -> bool:
+    """Whether ``path`` holds the marker of a finished step with the same recipe."""
+    return path.exists() and json.loads(path.read_text()).get("recipe") == _fingerprint(recipe)
+
+
+def _mark_done(path: Path, recipe: dict, **info: object) -> None:
+    path.write_text(json.dumps({"recipe": _fingerprint(recipe), **info}, indent=2))
+
+
+def synthesize(workdir: Path, *, seed: int = 0, splits: dict[str, SyntheticSizes] | None = None) -> Path:
+    """Generate the synthetic data set under ``workdir/data`` unless the same one is there already."""
+    splits = splits or DEFAULT_SPLITS
+    data = workdir / "data"
+    recipe = {"seed": seed, "splits": {k: vars(v) for k, v in splits.items()}}
+    marker = data / "_SYNTH_DONE.json"
+    if _done_marker(marker, recipe):
+        logger.info("synthetic data set in %s is up to date", data)
+        return data
+    data.mkdir(parents=True, exist_ok=True)
+    out = generate_dataset(str(data), seed=seed, splits=splits)
+    _mark_done(marker, recipe, images={k: len(v) for k, v in out.items()})
+    return data
+
+
+def train_models(data: Path, models_dir: Path, *, detector_overrides: dict | None = None,
+                 embedder_overrides: dict | None = None, seed: int = 0) -> Path:
+    """Train one detector and one embedder on ``data/train`` (or reuse them) and write a bundle."""
+    from clothret.detection.torchvision_backend import TorchvisionDetectorConfig
+    from clothret.detection.training import DetectorTrainConfig, train_detector
+    from clothret.embedding.config import EmbedderConfig
+    from clothret.embedding.training import EmbedderTrainConfig, train_embedder
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    records = read_split(str(data / "train"))
+    data_fp = _fingerprint([(r.image_id, r.pair_id, [vars(i) for i in r.items]) for r in records])
+    det_over, emb_over = dict(detector_overrides or {}), dict(embedder_overrides or {})
+    det_model = TorchvisionDetectorConfig(**det_over.pop("model", {}))
+    det_train = DetectorTrainConfig(**{"seed": seed, **det_over})
+    emb_model = EmbedderConfig(**emb_over.pop("model", {}))
+    emb_train = EmbedderTrainConfig(**{"seed": seed, **emb_over})
+
+    det_url = str(models_dir / "detector.safetensors")
+    det_recipe = {"model": det_model.model_dump(), "train": det_train.model_dump(), "data": data_fp}
+    if _done_marker(models_dir / "detector.recipe.json", det_recipe) and Path(det_url).exists():
+        logger.info("detector is trained already with the same settings: reusing %s", det_url)
+    else:
+        metrics = train_detector(records, model_config=det_model, train_config=det_train, weights_url=det_url)
+        _mark_done(models_dir / "detector.recipe.json", det_recipe, metrics=metrics)
+
+    emb_url = str(models_dir / "embedder.safetensors")
+    emb_recipe = {"model": emb_model.model_dump(), "train": emb_train.model_dump(), "data": data_fp}
+    if _done_marker(models_dir / "embedder.recipe.json", emb_recipe) and Path(emb_url).exists():
+        logger.info("embedder is trained already with the same settings: reusing %s", emb_url)
+    else:
+        metrics = train_embedder(records, model_config=emb_model, train_config=emb_train, weights_url=emb_url)
+        _mark_done(models_dir / "embedder.recipe.json", emb_recipe, metrics=metrics)
+
+    bundle = ModelBundle(
+        detectors=[DetectorEntry(name=f"{det_model.architecture}-{det_model.backbone}", weights="detector.safetensors")],
+        embedders=[EmbedderEntry(name=f"{emb_model.backbone}-{emb_model.descriptors}", weights="embedder.safetensors")],
+    )
+    bundle_path = models_dir / "bundle.yaml"
+    save_bundle(bundle, str(bundle_path))
+    return bundle_path
+
+
+def build_catalogue(split_url: str, manifest_url: str) -> int:
+    """Write the manifest of a split's shop images; returns the number of images."""
+    entries = manifest_from_records(read_split(split_url, source="shop"))
+    write_manifest(entries, manifest_url)
+    return len(entries)
+
+
+def chance_accuracy(n_gallery_boxes: int, n_positive: np.ndarray, k: int) -> float:
+    """Acc@k of a random ranking with perfect detection: 1 - C(N - P, k) / C(N, k), averaged."""
+    n = n_gallery_boxes
+    vals = [1.0 - (math.comb(n - p, k) / math.comb(n, k) if n - p >= k else 0.0) for p in n_positive]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def evaluate(
+    split_url: str, bundle_url: str, index_url: str, out_dir: str, *, k: int = 20
+) -> tuple[dict, list[ImageRecord], list[ImageRecord], list[QueryResult]]:
+    """Search every street image of a split, score Acc@k and write ``submission.json``."""
+    records = read_split(split_url)
+    queries = [r for r in records if r.source == "user"]
+    gallery = [r for r in records if r.source == "shop"]
+    models = load_models(load_bundle(bundle_url))
+    index = SearchIndex.load(index_url)
+    start = time.perf_counter()
+    results, failures = search_images(models, index, [(r.image_id, r.path) for r in queries], k=k)
+    seconds = time.perf_counter() - start
+    if failures:
+        logger.warning("%d query images could not be read: %s", len(failures), failures)
+    scores = retrieval_accuracy(queries, gallery, results)
+    write_submission(results, f"{out_dir.rstrip('/')}/submission.json")
+    scores["query_seconds"] = seconds
+    scores["n_query_images"] = len(queries)
+    return scores, queries, gallery, results
+
+
+def run_demo(
+    workdir: Path,
+    refresh: Callable[[RefreshConfig], dict],
+    *,
+    seed: int = 0,
+    splits: dict[str, SyntheticSizes] | None = None,
+    detector_overrides: dict | None = None,
+    embedder_overrides: dict | None = None,
+    segment_size: int = 64,
+) -> dict:
+    """All demo steps; returns the summary also written to ``workdir/summary.json``."""
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def step(name: str, fn: Callable, *args, **kwargs):
+        logger.info("== %s", name)
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        timings[name] = round(time.perf_counter() - start, 1)
+        logger.info("== %s done in %.1f s", name, timings[name])
+        return out
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = step("synthesize", synthesize, workdir, seed=seed, splits=splits)
+    bundle_path = step(
+        "train", train_models, data, workdir / "models",
+        detector_overrides=detector_overrides, embedder_overrides=embedder_overrides, seed=seed,
+    )
+    manifest_url = str(workdir / "catalogue" / "manifest.jsonl")
+    step("catalogue", build_catalogue, str(data / "validation"), manifest_url)
+    config = RefreshConfig(
+        manifest_url=manifest_url,
+        bundle_url=str(bundle_path),
+        store_url=str(workdir / "store"),
+        index_url=str(workdir / "index"),
+        segment_size=segment_size,
+    )
+    build = step("refresh", refresh, config)
+    scores, queries, gallery, results = step(
+        "search+evaluate", evaluate, str(data / "validation"), str(bundle_path), str(workdir / "index"), str(workdir)
+    )
+    n_positive = np.array([1] * scores["n_query_items"])  # one shop image per item in the synthetic set
+    summary = {
+        **{k: v for k, v in scores.items() if k.startswith("acc@")},
+        "chance_acc@1": chance_accuracy(build["n_boxes"], n_positive, 1),
+        "chance_acc@10": chance_accuracy(build["n_boxes"], n_positive, 10),
+        "n_gallery_images": build["n_images"],
+        "n_gallery_items": build["n_items"],
+        "n_gallery_boxes": build["n_boxes"],
+        "n_query_images": scores["n_query_images"],
+        "n_query_items": scores["n_query_items"],
+        "n_missed_items": scores.get("n_missed"),
+        "index_build": build["build_id"],
+        "model_version": build["model_version"],
+        "timings": timings,
+    }
+    step("report", write_report, str(workdir / "report.html"), queries, gallery, results, summary=summary)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    with fsspec.open(str(workdir / "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary

@@ -1,0 +1,155 @@
+"""Model bundles: which detectors, fusion settings and embedders make one model version.
+
+A bundle is a YAML or JSON file::
+
+    detectors:
+      - {name: fcos, backend: torchvision, weights: models/detector.safetensors, wbf_weight: 1.0}
+    fusion: {iou_thr: 0.55, skip_box_thr: 0.05}
+    embedders:
+      - {name: resnet18-gem, weights: models/embedder.safetensors}
+
+Relative weights paths resolve against the bundle's own folder. The architecture of each model is in
+its weights' model card. The *version* is a hash of the bundle and of every model card (which holds
+the weights' sha256), so retrained weights make a new version and features of two versions never mix.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import fsspec
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from clothret.detection.fusion import FusionConfig
+from clothret.weights import load_card
+
+logger = logging.getLogger(__name__)
+
+
+class DetectorEntry(BaseModel):
+    """One detector of the ensemble and its weight in weighted boxes fusion."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    backend: Literal["torchvision"] = "torchvision"
+    weights: str
+    wbf_weight: float = Field(1.0, gt=0)
+
+
+class EmbedderEntry(BaseModel):
+    """One embedder; the features of all embedders are l2-normalised and concatenated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    weights: str
+
+
+class ModelBundle(BaseModel):
+    """Detectors + fusion + embedders: one model version of the pipeline."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    detectors: list[DetectorEntry] = Field(min_length=1)
+    fusion: FusionConfig = FusionConfig()
+    embedders: list[EmbedderEntry] = Field(min_length=1)
+
+    @field_validator("detectors", "embedders")
+    @classmethod
+    def _unique_names(cls, entries: list) -> list:
+        names = [e.name for e in entries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        return entries
+
+    def resolved(self, base_url: str) -> ModelBundle:
+        """A copy whose relative weights paths are joined to ``base_url`` (the bundle's folder)."""
+
+        def resolve(path: str) -> str:
+            if "://" in path or path.startswith("/"):
+                return path
+            return f"{base_url.rstrip('/')}/{path}"
+
+        return self.model_copy(
+            update={
+                "detectors": [d.model_copy(update={"weights": resolve(d.weights)}) for d in self.detectors],
+                "embedders": [e.model_copy(update={"weights": resolve(e.weights)}) for e in self.embedders],
+            }
+        )
+
+    def version(self) -> str:
+        """Content hash of the bundle and of every model card: the model version (16 hex digits)."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode())
+        for entry in [*self.detectors, *self.embedders]:
+            digest.update(json.dumps(load_card(entry.weights), sort_keys=True).encode())
+        return digest.hexdigest()[:16]
+
+
+def load_bundle(url: str) -> ModelBundle:
+    """Read a bundle file (YAML or JSON) and resolve its relative weights paths."""
+    try:
+        with fsspec.open(url, "r") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"model bundle not found: {url}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"model bundle {url} must be a mapping with detectors, fusion, embedders")
+    base = url.rsplit("/", 1)[0] if "/" in url else "."
+    return ModelBundle.model_validate(raw).resolved(base)
+
+
+def save_bundle(bundle: ModelBundle, url: str) -> None:
+    """Write a bundle as YAML."""
+    with fsspec.open(url, "w") as f:
+        yaml.safe_dump(bundle.model_dump(mode="json"), f, sort_keys=False)
+
+
+@dataclass
+class LoadedModels:
+    """A bundle's models in memory, ready to run."""
+
+    version: str
+    detectors: list
+    wbf_weights: list[float]
+    fusion: FusionConfig
+    embedders: list
+
+    @property
+    def dim(self) -> int:
+        return sum(e.dim for e in self.embedders)
+
+    def embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Concatenate every embedder's l2-normalised features, then l2-normalise the result."""
+        if not crops:
+            return np.zeros((0, self.dim), np.float32)
+        parts = [e.embed(crops) for e in self.embedders]
+        feats = np.concatenate(parts, axis=1).astype(np.float32)
+        norms = np.linalg.norm(feats, axis=1, keepdims=True)
+        return feats / np.maximum(norms, 1e-12)
+
+
+def load_models(bundle: ModelBundle, *, device: str = "cpu") -> LoadedModels:
+    """Build every detector and embedder of a bundle from its weights."""
+    from clothret.detection.torchvision_backend import TorchvisionDetector
+    from clothret.embedding.model import Embedder
+
+    detectors = [TorchvisionDetector.from_weights(d.weights, name=d.name, device=device) for d in bundle.detectors]
+    embedders = [Embedder.from_weights(e.weights, name=e.name, device=device) for e in bundle.embedders]
+    version = bundle.version()
+    logger.info("loaded model version %s: %d detectors, %d embedders", version, len(detectors), len(embedders))
+    return LoadedModels(version, detectors, [d.wbf_weight for d in bundle.detectors], bundle.fusion, embedders)
+
+
+@functools.lru_cache(maxsize=2)
+def cached_models(bundle_url: str, version: str, device: str = "cpu") -> LoadedModels:
+    """Models loaded once per process (per worker) for a bundle URL and version."""
+    models = load_models(load_bundle(bundle_url), device=device)
+    if models.version != version:
+        raise ValueError(f"bundle {bundle_url} is now version {models.version}, expected {version}")
+    return models

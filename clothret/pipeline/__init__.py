@@ -1,0 +1,1 @@
+"""The per-segment run: reader → mapper (detect, fuse, crop, embed) → result arrays."""

@@ -1,0 +1,1 @@
+"""The feature store: immutable Zarr v3 segments per model version, on any fsspec URL."""
