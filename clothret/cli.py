@@ -31,9 +31,12 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _run_refresh_flow(config):
+    """Run the catalogue-refresh flow against the configured Prefect API or a temporary local one."""
     from flows.catalogue_refresh import catalogue_refresh
+    from flows.local_api import prefect_api
 
-    return catalogue_refresh(config)
+    with prefect_api():
+        return catalogue_refresh(config)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

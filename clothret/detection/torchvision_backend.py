@@ -51,7 +51,9 @@ class TorchvisionDetectorConfig(BaseModel):
     The defaults are the configuration that trains from random init on the synthetic street-to-shop
     data in about two minutes on two CPU cores (see ``bench/detector_quality.py``).
     ``min_level``/``max_level`` are the FPN levels (level ``l`` has stride ``2**l``); levels above the
-    backbone's last stage (5) come from extra FPN blocks.
+    backbone's last stage (5) come from extra FPN blocks. ``anchor_scale`` multiplies every level's anchor
+    size (FCOS: the stride; RetinaNet and Faster R-CNN: 4x the stride): below 1 sends objects to coarser
+    levels, which suits small input images.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -62,6 +64,7 @@ class TorchvisionDetectorConfig(BaseModel):
     head_convs: int = Field(2, ge=0, le=4)
     backbone_norm: Norm = "batch"
     head_norm: Norm = "group"
+    anchor_scale: float = Field(1.0, gt=0.0)
     min_level: int = Field(3, ge=2, le=4)
     max_level: int = Field(5, ge=4, le=7)
     min_size: int = Field(128, ge=32)
@@ -226,7 +229,7 @@ def _trim_convs(head: nn.Module, n: int) -> None:
 
 def _build_fcos(config: TorchvisionDetectorConfig) -> nn.Module:
     backbone = build_fpn_backbone(config)
-    sizes = tuple((2**lv,) for lv in config.levels)
+    sizes = tuple((config.anchor_scale * 2**lv,) for lv in config.levels)
     anchors = AnchorGenerator(sizes, ((1.0,),) * len(sizes))
     head = FCOSHead(config.fpn_channels, 1, config.num_classes, num_convs=config.head_convs)
     norm = _norm_layer(config.head_norm)
@@ -250,6 +253,7 @@ def _build_fcos(config: TorchvisionDetectorConfig) -> nn.Module:
         max_size=config.max_size,
         anchor_generator=anchors,
         head=head,
+        center_sampling_radius=1.5 / config.anchor_scale,  # 1.5 strides whatever the anchor size
         score_thresh=config.score_thresh,
         nms_thresh=config.nms_thresh,
         detections_per_img=config.detections_per_img,
@@ -259,7 +263,9 @@ def _build_fcos(config: TorchvisionDetectorConfig) -> nn.Module:
 
 def _build_retinanet(config: TorchvisionDetectorConfig) -> nn.Module:
     backbone = build_fpn_backbone(config)
-    sizes = tuple(tuple(int(4 * 2**lv * 2 ** (k / 3)) for k in range(3)) for lv in config.levels)
+    sizes = tuple(
+        tuple(config.anchor_scale * 4 * 2**lv * 2 ** (k / 3) for k in range(3)) for lv in config.levels
+    )
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     head = RetinaNetHead(
         config.fpn_channels, anchors.num_anchors_per_location()[0], config.num_classes,
@@ -285,7 +291,7 @@ def _build_faster_rcnn(config: TorchvisionDetectorConfig) -> nn.Module:
     backbone = build_fpn_backbone(config)
     names = _level_names(config)
     levels = list(config.levels)
-    sizes = tuple((4 * 2**lv,) for lv in levels)
+    sizes = tuple((config.anchor_scale * 4 * 2**lv,) for lv in levels)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     roi_names = [n for n, lv in zip(names, levels) if lv <= 5]
     pool = MultiScaleRoIAlign(featmap_names=roi_names, output_size=7, sampling_ratio=2)
@@ -362,7 +368,7 @@ def image_to_tensor(image: np.ndarray, *, index: int = 0) -> torch.Tensor:
         raise ValueError(f"image {index} must have shape (H, W, 3), got {image.shape}")
     if image.dtype != np.uint8:
         raise ValueError(f"image {index} must be uint8 RGB, got dtype {image.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return torch.tensor(image).permute(2, 0, 1).float().div_(255.0)
 
 
 # --------------------------------------------------------------------------------------------- detector

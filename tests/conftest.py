@@ -1,0 +1,53 @@
+"""Shared fixtures: a private Prefect home, a tiny synthetic data set and tiny trained models.
+
+Everything runs locally: the Prefect API is a real temporary server, Dask clusters are real local
+worker processes, nothing touches the network.
+"""
+
+import os
+import tempfile
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="clothret-test-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("CLOTHRET_DASK_WORKERS", "2")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from clothret.datasets.synthetic import SyntheticSizes  # noqa: E402
+
+TINY_SPLITS = {
+    "train": SyntheticSizes(n_pairs=10, street_per_pair=2),
+    "validation": SyntheticSizes(n_pairs=8, street_per_pair=1),
+}
+TINY_DETECTOR = {"steps": 8, "batch_size": 4, "model": {"fpn_channels": 32}}
+TINY_EMBEDDER = {"steps": 8, "p_identities": 4, "k_instances": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe() -> dict:
+    """The tiny data and training settings, as keyword arguments of ``run_demo``."""
+    return {"splits": TINY_SPLITS, "detector_overrides": TINY_DETECTOR, "embedder_overrides": TINY_EMBEDDER}
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory) -> Path:
+    """A work folder with tiny synthetic data and tiny models trained by the project's own code."""
+    from clothret.demo import synthesize, train_models
+
+    workdir = tmp_path_factory.mktemp("tiny")
+    data = synthesize(workdir, seed=0, splits=TINY_SPLITS)
+    train_models(data, workdir / "models", detector_overrides=TINY_DETECTOR, embedder_overrides=TINY_EMBEDDER)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One real temporary Prefect server for the session; Dask workers report to it too."""
+    from flows.local_api import prefect_api
+
+    with prefect_api() as url:
+        yield url

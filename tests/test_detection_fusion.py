@@ -1,0 +1,143 @@
+"""Weighted boxes fusion, pixel <-> normalised conversion and crops, on hand-built boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from clothret.detection.crops import crop_boxes
+from clothret.detection.fusion import CONF_TYPES, FusionConfig, fuse_batch, fuse_detections, to_normalized, to_pixels
+from clothret.detection.types import Detections
+
+SIZE = (200, 100)  # width, height
+CFG = FusionConfig(score_prefilter=0.0, min_box_size=0.0)
+
+
+def det(boxes, scores, labels) -> Detections:
+    return Detections(np.asarray(boxes, np.float32), np.asarray(scores), np.asarray(labels))
+
+
+def test_two_agreeing_detectors_give_one_weighted_box():
+    a = det([[20, 10, 100, 60]], [0.9], [3])
+    b = det([[24, 14, 104, 64]], [0.6], [3])
+    out = fuse_detections([a, b], image_size=SIZE, weights=[2.0, 1.0], config=CFG)
+    assert len(out) == 1
+    wa, wb = 0.9 * 2.0, 0.6 * 1.0  # coordinates are weighted by score * detector weight
+    expected = (wa * np.array([20, 10, 100, 60]) + wb * np.array([24, 14, 104, 64])) / (wa + wb)
+    np.testing.assert_allclose(out.boxes[0], expected, atol=1e-3)
+    # "avg": the weight-averaged score of the cluster
+    assert out.scores[0] == pytest.approx((0.9 * 2 + 0.6 * 1) / 3, abs=1e-6)
+    assert out.labels.tolist() == [3]
+    assert out.labels.dtype == np.int64
+
+
+def test_disagreeing_detectors_keep_both_with_scores_scaled_by_weight():
+    a = det([[20, 10, 100, 60]], [0.9], [3])
+    b = det([[20, 10, 100, 60]], [0.6], [5])  # same place, other category: not merged
+    c = det([[150, 50, 190, 95]], [0.8], [3])  # same category, no overlap
+    out = fuse_detections([a, b], image_size=SIZE, weights=[2.0, 1.0], config=CFG)
+    assert out.labels.tolist() == [3, 5]
+    assert out.scores.tolist() == pytest.approx([0.6, 0.2])
+    out = fuse_detections([a, c], image_size=SIZE, config=CFG)
+    assert len(out) == 2
+    np.testing.assert_allclose(out.scores, [0.45, 0.4], atol=1e-6)  # sorted by score; each / 2 detectors
+    np.testing.assert_allclose(out.boxes, [[20, 10, 100, 60], [150, 50, 190, 95]], atol=1e-3)
+
+
+def test_conf_type_max():
+    a = det([[20, 10, 100, 60]], [0.9], [1])
+    b = det([[22, 10, 100, 60]], [0.5], [1])
+    out = fuse_detections([a, b], image_size=SIZE, config=CFG.model_copy(update={"conf_type": "max"}))
+    assert out.scores.tolist() == pytest.approx([0.9])
+
+
+def test_round_trip_and_clipping():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 1, size=(50, 2, 2)) * np.array([200, 100])
+    boxes = np.concatenate([xy.min(axis=1), xy.max(axis=1)], axis=1)
+    norm = to_normalized(boxes, SIZE)
+    assert norm.min() >= 0 and norm.max() <= 1
+    np.testing.assert_allclose(to_pixels(norm, SIZE), boxes, atol=1e-9)
+    np.testing.assert_allclose(to_normalized([[-10, -5, 250, 120]], SIZE), [[0, 0, 1, 1]])
+    assert to_normalized(np.zeros((0, 4)), SIZE).shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: to_normalized([[10, 10, 5, 20]], SIZE), "x2 < x1"),
+        (lambda: to_normalized([[1, 2, 3]], SIZE), "shape"),
+        (lambda: to_normalized([[0, 0, np.nan, 1]], SIZE), "non-finite"),
+        (lambda: to_normalized([[0, 0, 1, 1]], (0, 10)), "image_size"),
+        (lambda: to_pixels([[0, 0, 1.5, 1]], SIZE), r"\[0, 1\]"),
+    ],
+)
+def test_conversion_errors_name_the_problem(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_empty_inputs():
+    empty = Detections.empty()
+    assert len(fuse_detections([empty], image_size=SIZE, config=CFG)) == 0
+    assert len(fuse_detections([empty, empty, empty], image_size=SIZE, config=CFG)) == 0
+    one = det([[20, 10, 100, 60]], [0.7], [2])
+    out = fuse_detections([empty, one], image_size=SIZE, config=CFG)  # only one detector found boxes
+    assert out.labels.tolist() == [2]
+    assert out.scores.tolist() == pytest.approx([0.35])
+    assert fuse_batch([[empty, one], [one, empty]], image_sizes=[SIZE, SIZE], config=CFG)[1].labels.tolist() == [2]
+
+
+def test_one_detector_runs_wbf_and_merges_its_own_overlaps():
+    one = det([[20, 10, 100, 60], [21, 10, 101, 60], [150, 50, 190, 95]], [0.8, 0.4, 0.3], [1, 1, 1])
+    out = fuse_detections([one], image_size=SIZE, config=CFG)
+    assert len(out) == 2
+    assert out.scores[0] == pytest.approx(0.6)  # mean of 0.8 and 0.4
+    np.testing.assert_allclose(out.boxes[0], [20 + 1 / 3, 10, 100 + 1 / 3, 60], atol=1e-3)
+
+
+def test_prefilter_max_boxes_and_min_size():
+    boxes = [[10 * i, 0, 10 * i + 8, 8] for i in range(10)] + [[0, 50, 100, 51]]
+    one = det(boxes, np.linspace(0.95, 0.05, 11), [1] * 11)
+    assert len(fuse_detections([one], image_size=SIZE, config=CFG)) == 11
+    cfg = FusionConfig(score_prefilter=0.45, min_box_size=0.0)
+    out = fuse_detections([one], image_size=SIZE, config=cfg)
+    assert out.scores.min() >= 0.45 and len(out) == 6
+    out = fuse_detections([one], image_size=SIZE, config=cfg.model_copy(update={"max_boxes_per_image": 3}))
+    assert out.scores.tolist() == pytest.approx([0.95, 0.86, 0.77])
+    out = fuse_detections([one], image_size=SIZE, config=FusionConfig(score_prefilter=0.0, min_box_size=2.0))
+    assert len(out) == 10 and (out.boxes[:, 3] - out.boxes[:, 1]).min() >= 2.0
+
+
+def test_input_validation():
+    one = det([[20, 10, 100, 60]], [0.7], [2])
+    with pytest.raises(ValueError, match="at least one detector"):
+        fuse_detections([], image_size=SIZE)
+    with pytest.raises(ValueError, match="weights has 1 entries but there are 2"):
+        fuse_detections([one, one], image_size=SIZE, weights=[1.0])
+    with pytest.raises(ValueError, match="positive"):
+        fuse_detections([one], image_size=SIZE, weights=[0.0])
+    with pytest.raises(ValueError, match="scores must lie"):
+        fuse_detections([det([[20, 10, 100, 60]], [1.5], [2])], image_size=SIZE)
+    with pytest.raises(ValueError, match="labels"):
+        fuse_detections([det([[20, 10, 100, 60]], [0.5], [0])], image_size=SIZE)
+    with pytest.raises(ValidationError, match="box_and_model_avg"):
+        FusionConfig(conf_type="mean")
+    assert set(CONF_TYPES) >= {"avg", "max"}
+
+
+def test_crop_boxes_clips_pads_and_keeps_one_pixel():
+    image = np.arange(10 * 20 * 3, dtype=np.uint8).reshape(10, 20, 3)
+    crops = crop_boxes(image, np.array([[2, 3, 6, 8], [-5, -5, 100, 100], [30, 30, 40, 40], [4.2, 4.2, 4.2, 4.2]]))
+    assert [c.shape for c in crops] == [(5, 4, 3), (10, 20, 3), (1, 1, 3), (1, 1, 3)]
+    np.testing.assert_array_equal(crops[0], image[3:8, 2:6])
+    np.testing.assert_array_equal(crops[2], image[9:10, 19:20])
+    padded = crop_boxes(image, np.array([[4, 4, 8, 6]]), pad=0.5)
+    assert padded[0].shape == (4, 8, 3)  # 2 px each side in x, 1 px in y
+    assert crop_boxes(image, np.zeros((0, 4))) == []
+    assert crop_boxes(image[..., 0], np.array([[0, 0, 2, 2]]))[0].shape == (2, 2)
+    with pytest.raises(ValueError, match="pad"):
+        crop_boxes(image, np.array([[0, 0, 2, 2]]), pad=-1)
+    with pytest.raises(ValueError, match="shape"):
+        crop_boxes(image, np.array([0, 0, 2, 2]))
