@@ -8,6 +8,7 @@ from its checkpoint ends with the same weights. The checkpoint (``<weights>.ckpt
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import math
@@ -42,6 +43,8 @@ class DetectorTrainConfig(BaseModel):
 
     ``scale_range`` jitters the input's shorter side around the model's ``min_size`` (one scale per
     batch); ``color_jitter`` is the strength of random brightness, contrast and saturation changes.
+    With ``ema_decay``, the saved weights are an exponential moving average of the trained ones (the
+    decay ramps up as ``(1 + step) / (10 + step)`` until it reaches ``ema_decay``).
     ``amp`` (bfloat16 autocast) is used only on CUDA. ``num_threads`` sets torch's CPU threads for the
     run (``None``: leave as is).
     """
@@ -61,6 +64,7 @@ class DetectorTrainConfig(BaseModel):
     hflip: bool = True
     color_jitter: float = Field(0.2, ge=0, lt=1)
     scale_range: tuple[float, float] = (0.8, 1.2)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     amp: bool = True
     device: str = "cpu"
     checkpoint_every: int = Field(100, ge=0)
@@ -178,6 +182,23 @@ def _make_optimizer(model: nn.Module, config: DetectorTrainConfig) -> torch.opti
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
+class _Ema:
+    """An exponential moving average of a model's parameters (buffers are copied as they are)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1.0 - d)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+
+
 # --------------------------------------------------------------------------------------------- checkpoint
 
 
@@ -254,11 +275,14 @@ def _train(
     torch.manual_seed(train_config.seed)
     model = build_detector_model(model_config).to(device)
     optimizer = _make_optimizer(model, train_config)
+    ema = _Ema(model, train_config.ema_decay) if train_config.ema_decay else None
     start, loss_history = 0, []
     state = _load_checkpoint(ckpt_url, model_key, train_key)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.model.load_state_dict(state["ema"])
         start, loss_history = int(state["step"]), list(state["loss_history"])
         logger.info("resuming training from %s at step %d/%d", ckpt_url, start, total)
 
@@ -295,6 +319,8 @@ def _train(
             if train_config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
             optimizer.step()
+            if ema is not None:
+                ema.update(model, step)
             loss_history.append(float(loss.detach()))
             bar.update(1)
             if step % 10 == 0 or step == total - 1:
@@ -306,6 +332,7 @@ def _train(
                     {
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
+                        **({"ema": ema.model.state_dict()} if ema is not None else {}),
                         "step": done,
                         "loss_history": loss_history,
                         "model_config": model_key,
@@ -325,9 +352,10 @@ def _train(
         "final_loss": final_loss,
         "resumed_from": start,
     }
-    model.eval()
+    final = ema.model if ema is not None else model
+    final.eval()
     save_detector(
-        model,
+        final,
         model_config,
         weights_url,
         extra_card={
