@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_images_per_s": metrics["images_per_s"],
         "steps": metrics["steps"],
         "final_loss": round(metrics["final_loss"], 4),
+        "final_loss_parts": metrics.get("final_loss_parts"),
         "infer_images_per_s": round(len(images) / infer_s, 1),
         "recall_shop": round(recall.get("shop", {}).get("recall", 0.0), 4),
         "recall_user": round(recall.get("user", {}).get("recall", 0.0), 4),

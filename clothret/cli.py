@@ -28,6 +28,7 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     logging.getLogger("clothret").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # Prefect's run logs show the progress
 
 
 def _run_refresh_flow(config):

@@ -22,6 +22,7 @@ from clothret.datasets.catalogue import manifest_from_records, write_manifest
 from clothret.datasets.deepfashion2 import read_split
 from clothret.datasets.records import ImageRecord
 from clothret.datasets.synthetic import DEFAULT_SPLITS, SyntheticSizes, generate_dataset
+from clothret.detection.fusion import FusionConfig
 from clothret.evaluation.retrieval import retrieval_accuracy
 from clothret.evaluation.submission import write_submission
 from clothret.index.results import QueryResult
@@ -32,6 +33,24 @@ from clothret.refresh import RefreshConfig
 from clothret.report import write_report
 
 logger = logging.getLogger(__name__)
+
+DEMO_DETECTOR: dict = {
+    "steps": 800,
+    "batch_size": 16,
+    "model": {"architecture": "fcos", "backbone": "mobilenet_v3_small", "class_ce_weight": 1.0, "min_size": 192, "max_size": 320},
+}
+"""Detector training for the demo: small enough to train from random init in ~3-4 minutes on 2 cores."""
+
+DEMO_EMBEDDER: dict = {
+    "steps": 1000,
+    "p_identities": 32,
+    "k_instances": 2,
+    "model": {"backbone": "resnet10t", "backbone_kwargs": {"channels": [32, 64, 128, 256], "stem_width": 16}, "input_size": 48},
+}
+"""Embedder training for the demo: a narrow ResNet-10 at 48 px, ~1-2 minutes on 2 cores."""
+
+DEMO_FUSION: dict = {"iou_thr": 0.55, "score_prefilter": 0.1, "max_boxes_per_image": 5}
+"""Fusion for the demo: at most 5 boxes per image keeps the gallery small (the paper capped boxes too)."""
 
 
 def _fingerprint(obj: object) -> str:
@@ -63,7 +82,7 @@ def synthesize(workdir: Path, *, seed: int = 0, splits: dict[str, SyntheticSizes
 
 
 def train_models(data: Path, models_dir: Path, *, detector_overrides: dict | None = None,
-                 embedder_overrides: dict | None = None, seed: int = 0) -> Path:
+                 embedder_overrides: dict | None = None, fusion: dict | None = None, seed: int = 0) -> Path:
     """Train one detector and one embedder on ``data/train`` (or reuse them) and write a bundle."""
     from clothret.detection.torchvision_backend import TorchvisionDetectorConfig
     from clothret.detection.training import DetectorTrainConfig, train_detector
@@ -73,7 +92,8 @@ def train_models(data: Path, models_dir: Path, *, detector_overrides: dict | Non
     models_dir.mkdir(parents=True, exist_ok=True)
     records = read_split(str(data / "train"))
     data_fp = _fingerprint([(r.image_id, r.pair_id, [vars(i) for i in r.items]) for r in records])
-    det_over, emb_over = dict(detector_overrides or {}), dict(embedder_overrides or {})
+    det_over = dict(DEMO_DETECTOR if detector_overrides is None else detector_overrides)
+    emb_over = dict(DEMO_EMBEDDER if embedder_overrides is None else embedder_overrides)
     det_model = TorchvisionDetectorConfig(**det_over.pop("model", {}))
     det_train = DetectorTrainConfig(**{"seed": seed, **det_over})
     emb_model = EmbedderConfig(**emb_over.pop("model", {}))
@@ -96,6 +116,7 @@ def train_models(data: Path, models_dir: Path, *, detector_overrides: dict | Non
         _mark_done(models_dir / "embedder.recipe.json", emb_recipe, metrics=metrics)
 
     bundle = ModelBundle(
+        fusion=FusionConfig(**(DEMO_FUSION if fusion is None else fusion)),
         detectors=[DetectorEntry(name=f"{det_model.architecture}-{det_model.backbone}", weights="detector.safetensors")],
         embedders=[EmbedderEntry(name=f"{emb_model.backbone}-{emb_model.descriptors}", weights="embedder.safetensors")],
     )

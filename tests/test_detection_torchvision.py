@@ -178,3 +178,19 @@ def test_train_config_validation():
         train_detector([], model_config=TorchvisionDetectorConfig(), train_config=DetectorTrainConfig(), weights_url="x.safetensors")
     with pytest.raises(ValueError, match=".safetensors"):
         checkpoint_url("model.pt")
+
+
+@pytest.mark.parametrize("architecture", ["fcos", "retinanet"])
+def test_class_ce_weight_adds_a_loss_term(architecture):
+    torch.manual_seed(0)
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    targets = [
+        {"boxes": torch.tensor([[5.0, 5.0, 40.0, 50.0]]), "labels": torch.tensor([3])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},  # an image with no item
+    ]
+    for weight in (0.0, 0.5):
+        config = TorchvisionDetectorConfig(architecture=architecture, class_ce_weight=weight, **TINY)
+        losses = build_detector_model(config).train()(images, targets)
+        assert ("classification_ce" in losses) == (weight > 0)
+        if weight:
+            assert 0.5 * 2.0 < losses["classification_ce"].detach().item() < 0.5 * 3.5  # ~ ln(13) at init, times the weight

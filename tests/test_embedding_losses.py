@@ -94,7 +94,7 @@ def test_combined_loss_is_the_weighted_sum():
     total, parts = crit(emb, labels, logits)
     assert set(parts) == {"softmax", "center", "triplet", "multi_similarity"}
     expected = 0.5 * parts["softmax"] + 0.1 * parts["center"] + 2.0 * parts["triplet"] + 0.3 * parts["multi_similarity"]
-    assert float(total) == pytest.approx(expected, rel=1e-5)
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="no logits"):
         crit(emb, labels)
     only_metric = CombinedLoss(4, 4, LossWeights(softmax=0, center=0))

@@ -53,7 +53,10 @@ class TorchvisionDetectorConfig(BaseModel):
     ``min_level``/``max_level`` are the FPN levels (level ``l`` has stride ``2**l``); levels above the
     backbone's last stage (5) come from extra FPN blocks. ``anchor_scale`` multiplies every level's anchor
     size (FCOS: the stride; RetinaNet and Faster R-CNN: 4x the stride): below 1 sends objects to coarser
-    levels, which suits small input images.
+    levels, which suits small input images. ``class_ce_weight`` adds a softmax cross-entropy over the
+    categories at foreground locations to FCOS' and RetinaNet's sigmoid focal loss: focal loss barely
+    pushes down a wrong category that scores moderately on an object, so without it the top-scoring
+    box of an object is often of a look-alike category.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -65,6 +68,7 @@ class TorchvisionDetectorConfig(BaseModel):
     backbone_norm: Norm = "batch"
     head_norm: Norm = "group"
     anchor_scale: float = Field(1.0, gt=0.0)
+    class_ce_weight: float = Field(0.0, ge=0.0)
     min_level: int = Field(3, ge=2, le=4)
     max_level: int = Field(5, ge=4, le=7)
     min_size: int = Field(128, ge=32)
@@ -222,6 +226,51 @@ def _level_names(config: TorchvisionDetectorConfig) -> list[str]:
     return names
 
 
+def _foreground_ce(
+    targets: list[dict[str, torch.Tensor]], cls_logits: torch.Tensor, matched_idxs: list[torch.Tensor]
+) -> torch.Tensor:
+    """Mean softmax cross-entropy over the categories at the locations matched to an object."""
+    logits, labels = [], []
+    for i, (target, matched) in enumerate(zip(targets, matched_idxs)):
+        fg = matched >= 0
+        if bool(fg.any()):
+            logits.append(cls_logits[i][fg])
+            labels.append(target["labels"][matched[fg]])
+    if not logits:
+        return cls_logits.sum() * 0.0
+    return nn.functional.cross_entropy(torch.cat(logits).float(), torch.cat(labels))
+
+
+class _FCOSHead(FCOSHead):
+    """torchvision's FCOS head plus an optional foreground cross-entropy term."""
+
+    def __init__(self, *args, class_ce_weight: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.class_ce_weight = class_ce_weight
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):  # type: ignore[override]
+        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        if self.class_ce_weight > 0:
+            ce = _foreground_ce(targets, head_outputs["cls_logits"], matched_idxs)
+            losses["classification_ce"] = self.class_ce_weight * ce
+        return losses
+
+
+class _RetinaNetHead(RetinaNetHead):
+    """torchvision's RetinaNet head plus an optional foreground cross-entropy term."""
+
+    def __init__(self, *args, class_ce_weight: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.class_ce_weight = class_ce_weight
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):  # type: ignore[override]
+        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        if self.class_ce_weight > 0:
+            ce = _foreground_ce(targets, head_outputs["cls_logits"], matched_idxs)
+            losses["classification_ce"] = self.class_ce_weight * ce
+        return losses
+
+
 def _trim_convs(head: nn.Module, n: int) -> None:
     """Keep the first ``n`` conv blocks of a RetinaNet sub-head's tower."""
     head.conv = nn.Sequential(*list(head.conv.children())[:n])
@@ -231,7 +280,9 @@ def _build_fcos(config: TorchvisionDetectorConfig) -> nn.Module:
     backbone = build_fpn_backbone(config)
     sizes = tuple((config.anchor_scale * 2**lv,) for lv in config.levels)
     anchors = AnchorGenerator(sizes, ((1.0,),) * len(sizes))
-    head = FCOSHead(config.fpn_channels, 1, config.num_classes, num_convs=config.head_convs)
+    head = _FCOSHead(
+        config.fpn_channels, 1, config.num_classes, num_convs=config.head_convs, class_ce_weight=config.class_ce_weight
+    )
     norm = _norm_layer(config.head_norm)
     if config.head_norm != "group":  # FCOSHead hard-codes GroupNorm(32); rebuild the towers.
         for tower in (head.classification_head, head.regression_head):
@@ -267,9 +318,9 @@ def _build_retinanet(config: TorchvisionDetectorConfig) -> nn.Module:
         tuple(config.anchor_scale * 4 * 2**lv * 2 ** (k / 3) for k in range(3)) for lv in config.levels
     )
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-    head = RetinaNetHead(
+    head = _RetinaNetHead(
         config.fpn_channels, anchors.num_anchors_per_location()[0], config.num_classes,
-        norm_layer=_norm_layer(config.head_norm),
+        norm_layer=_norm_layer(config.head_norm), class_ce_weight=config.class_ce_weight,
     )
     _trim_convs(head.classification_head, config.head_convs)
     _trim_convs(head.regression_head, config.head_convs)

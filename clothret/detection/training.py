@@ -163,6 +163,15 @@ def _augment(
     return img, boxes
 
 
+def _sample_index(position: int, n: int, seed: int, orders: dict[int, torch.Tensor]) -> int:
+    """The image at a global sample position: each epoch is its own seeded permutation of ``range(n)``."""
+    epoch, offset = divmod(position, n)
+    if epoch not in orders:
+        orders.clear()
+        orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return int(orders[epoch][offset])
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to zero."""
     if step < warmup:
@@ -238,8 +247,9 @@ def train_detector(
 ) -> dict:
     """Train a detector on ``records`` and write its weights and model card to ``weights_url``.
 
-    Returns ``{"steps", "seconds", "images_per_s", "final_loss", "resumed_from"}``; ``seconds`` is the
-    time spent in optimiser steps of this call (decoding the images is not counted).
+    Returns ``{"steps", "seconds", "images_per_s", "final_loss", "final_loss_parts", "resumed_from"}``
+    (losses are means over the last 20 steps); ``seconds`` is the time spent in optimiser steps of this
+    call (decoding the images is not counted).
     """
     if not records:
         raise ValueError("records is empty: nothing to train on")
@@ -289,14 +299,14 @@ def _train(
     lo, hi = train_config.scale_range
     base_min = model.transform.min_size
     use_amp = train_config.amp and device.type == "cuda"
+    orders: dict[int, torch.Tensor] = {}
+    recent_parts: dict[str, list[float]] = {}
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=start, desc="train detector", disable=not progress)
     try:
         for step in range(start, total):
-            epoch, offset = divmod(step * bs, n)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(train_config.seed * 7919 + epoch))
-            idx = [int(order[(offset + k) % n]) for k in range(bs)]
+            idx = [_sample_index(step * bs + k, n, train_config.seed, orders) for k in range(bs)]
             torch.manual_seed(train_config.seed * 1_000_003 + step)
             gen = torch.Generator().manual_seed(train_config.seed * 1_000_003 + step)
             scale = lo + (hi - lo) * float(torch.rand((), generator=gen))
@@ -322,6 +332,9 @@ def _train(
             if ema is not None:
                 ema.update(model, step)
             loss_history.append(float(loss.detach()))
+            for key, value in losses.items():
+                recent_parts.setdefault(key, []).append(float(value.detach()))
+                del recent_parts[key][:-20]
             bar.update(1)
             if step % 10 == 0 or step == total - 1:
                 bar.set_postfix(loss=f"{np.mean(loss_history[-20:]):.3f}")
@@ -350,6 +363,7 @@ def _train(
         "seconds": round(seconds, 3),
         "images_per_s": round(steps_run * bs / seconds, 2) if seconds > 0 and steps_run else 0.0,
         "final_loss": final_loss,
+        "final_loss_parts": {k: round(float(np.mean(v)), 4) for k, v in recent_parts.items()},
         "resumed_from": start,
     }
     final = ema.model if ema is not None else model

@@ -78,4 +78,35 @@ class EmbedderConfig(BaseModel):
         return self
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EmbedderConfig"]
+_REGISTRY: dict[str, EmbedderConfig] = {}
+
+
+def register_config(name: str, config: EmbedderConfig) -> EmbedderConfig:
+    """Add a named embedder config; a duplicate name raises ``ValueError``."""
+    if name in _REGISTRY:
+        raise ValueError(f"embedder config {name!r} is already registered; registered: {sorted(_REGISTRY)}")
+    _REGISTRY[name] = config
+    return config
+
+
+def list_configs() -> list[str]:
+    """Names of the registered embedder configs."""
+    return sorted(_REGISTRY)
+
+
+def get_config(name: str, **overrides: Any) -> EmbedderConfig:
+    """A registered config, with ``overrides`` applied (validated); unknown names raise ``ValueError``."""
+    try:
+        base = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown embedder config {name!r}; registered: {list_configs()}") from None
+    return EmbedderConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
+
+
+# The demo's network: trains from scratch on 2 CPU cores in ~2 minutes (bench/embedder_quality.py).
+register_config("demo-resnet10t", EmbedderConfig())
+# Full-width backbones for real data (DeepFashion2); set pretrained=True and pretrained_file to start from ImageNet.
+register_config("resnet18-gm-256", EmbedderConfig(backbone="resnet18", backbone_kwargs={}, descriptors="GM", dim=256, input_size=224))
+register_config("resnet50-gms-1536", EmbedderConfig(backbone="resnet50", backbone_kwargs={}, descriptors="GMS", dim=1536, input_size=320))
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EmbedderConfig", "get_config", "list_configs", "register_config"]

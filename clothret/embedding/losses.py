@@ -75,7 +75,8 @@ def multi_similarity_loss(
     """Multi-similarity loss with its pair mining (Wang et al. 2019) on cosine similarities.
 
     A negative is kept when it is more similar than the anchor's least similar positive minus the margin;
-    a positive when it is less similar than the most similar negative plus the margin.
+    a positive when it is less similar than the most similar negative plus the margin. Anchors left
+    without a mined positive or negative add zero; the sum is divided by the batch size.
     """
     _check_batch(embeddings, labels)
     sim, pos, neg = _pairwise(embeddings, labels)
@@ -89,10 +90,10 @@ def multi_similarity_loss(
     neg_z = (beta * (sim - base)).masked_fill(~keep_neg, float("-inf"))
     pos_term = torch.logsumexp(torch.cat([zero, pos_z], dim=1), dim=1) / alpha
     neg_term = torch.logsumexp(torch.cat([zero, neg_z], dim=1), dim=1) / beta
-    valid = pos.any(dim=1) & neg.any(dim=1)
-    if not valid.any():
-        return embeddings.sum() * 0.0
-    return (pos_term + neg_term)[valid].mean()
+    # as in the reference implementation: an anchor counts only when both mined sets are non-empty,
+    # and the sum is divided by the batch size
+    valid = keep_pos.any(dim=1) & keep_neg.any(dim=1)
+    return (pos_term + neg_term).masked_fill(~valid, 0.0).sum() / len(sim)
 
 
 class CenterLoss(nn.Module):

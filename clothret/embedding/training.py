@@ -52,7 +52,8 @@ class EmbedderTrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    steps: int = Field(default=500, ge=1)
+    steps: int = Field(default=500, ge=1, description="optimiser steps (batches); ``epochs`` overrides it")
+    epochs: float | None = Field(default=None, gt=0, description="if set: steps = ceil(epochs x identities / P)")
     p_identities: int = Field(default=16, ge=2)
     k_instances: int = Field(default=4, ge=2)
     lr: float = Field(default=2e-3, gt=0)
@@ -235,6 +236,7 @@ def train_embedder(
         bank = CropBank(gt_crops(records, context=aug.context), canvas_size)
         logger.info("training on %d crops of %d identities", len(bank), bank.num_classes)
 
+        steps = tc.steps if tc.epochs is None else max(1, math.ceil(tc.epochs * bank.num_classes / tc.p_identities))
         net = EmbeddingNet(model_config)
         if tc.classifier == "cosine":
             head: nn.Module = _CosineClassifier(model_config.dim, bank.num_classes, tc.classifier_scale)
@@ -243,7 +245,7 @@ def train_embedder(
         criterion = CombinedLoss(bank.num_classes, model_config.dim, tc.losses)
         params = [*net.parameters(), *head.parameters(), *criterion.parameters()]
         optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc.warmup_steps, tc.steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc.warmup_steps, steps))
         batches = pk_batches(bank.labels.numpy(), bank.is_shop, tc.p_identities, tc.k_instances, rng)
 
         net.train()
@@ -251,7 +253,7 @@ def train_embedder(
         losses: list[float] = []
         parts: dict[str, float] = {}
         train_started = time.perf_counter()
-        bar = tqdm(range(tc.steps), desc="train embedder", disable=not progress, leave=False)
+        bar = tqdm(range(steps), desc="train embedder", disable=not progress, leave=False)
         step = 0
         for step in bar:
             indices = next(batches)
@@ -267,7 +269,7 @@ def train_embedder(
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
             if tc.max_seconds is not None and time.perf_counter() - started > tc.max_seconds:
-                logger.warning("stopping after %d of %d steps: max_seconds=%s reached", step + 1, tc.steps, tc.max_seconds)
+                logger.warning("stopping after %d of %d steps: max_seconds=%s reached", step + 1, steps, tc.max_seconds)
                 break
         bar.close()
         steps_done = step + 1
