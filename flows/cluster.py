@@ -50,6 +50,6 @@ def dask_task_runner() -> DaskTaskRunner:
             "processes": True,
             "dashboard_address": None,
             "silence_logs": logging.ERROR,
-            "env": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
+            "env": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"},
         },
     )

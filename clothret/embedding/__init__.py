@@ -3,7 +3,7 @@
 ``Embedder.embed(crops)`` turns (H, W, 3) uint8 RGB crops into (n, dim) l2-normalised float32 features.
 """
 
-from clothret.embedding.config import EmbedderConfig
+from clothret.embedding.config import EmbedderConfig, get_config, list_configs, register_config
 from clothret.embedding.evaluate_crops import ColourHistogramEmbedder, crop_retrieval_accuracy
 from clothret.embedding.model import Embedder, EmbeddingNet
 from clothret.embedding.training import AugmentConfig, EmbedderTrainConfig, train_embedder
@@ -16,5 +16,8 @@ __all__ = [
     "EmbedderTrainConfig",
     "EmbeddingNet",
     "crop_retrieval_accuracy",
+    "get_config",
+    "list_configs",
+    "register_config",
     "train_embedder",
 ]

@@ -2,7 +2,9 @@
 
 It is stored in the model card beside the weights, so :meth:`Embedder.from_weights` can rebuild the
 network exactly. The defaults are the small network the demo trains from scratch on the CPU in ~2 minutes
-(see ``bench/embedder_quality.py``).
+(see ``bench/embedder_quality.py``): a narrow ResNet-10-T (channels 32-256, 1.3 M parameters) at 48x48 px,
+GeM + MAC -> 128 dimensions. On the synthetic data it beat a narrow ResNet-18 at equal time, and 48 px
+with more steps beat 64 px with fewer.
 """
 
 from __future__ import annotations
@@ -34,13 +36,13 @@ class EmbedderConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    backbone: str = "resnet18"
-    backbone_kwargs: dict[str, Any] = Field(default_factory=lambda: {"channels": [32, 64, 128, 256], "stem_width": 32})
+    backbone: str = "resnet10t"
+    backbone_kwargs: dict[str, Any] = Field(default_factory=lambda: {"channels": [32, 64, 128, 256], "stem_width": 16})
     pretrained: bool = False
     pretrained_file: str | None = None
     descriptors: str = "GM"
     dim: int = Field(default=128, ge=2)
-    input_size: int = Field(default=64, ge=16, le=1024)
+    input_size: int = Field(default=48, ge=16, le=1024)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     gem_p: float = Field(default=3.0, gt=0)

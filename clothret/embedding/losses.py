@@ -115,7 +115,7 @@ class LossWeights(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     softmax: float = Field(default=1.0, ge=0)
-    center: float = Field(default=0.0, ge=0)
+    center: float = Field(default=0.1, ge=0)
     triplet: float = Field(default=1.0, ge=0)
     multi_similarity: float = Field(default=1.0, ge=0)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
