@@ -81,6 +81,19 @@ def synthesize(workdir: Path, *, seed: int = 0, splits: dict[str, SyntheticSizes
     return data
 
 
+def _train_or_reuse(kind: str, train: Callable, records: list[ImageRecord], model_config, train_config,
+                    models_dir: Path, data_fp: str) -> None:
+    """Train ``models_dir/<kind>.safetensors`` unless it was trained with the same recipe already."""
+    url = str(models_dir / f"{kind}.safetensors")
+    marker = models_dir / f"{kind}.recipe.json"
+    recipe = {"model": model_config.model_dump(), "train": train_config.model_dump(), "data": data_fp}
+    if _done_marker(marker, recipe) and Path(url).exists():
+        logger.info("%s is trained already with the same settings: reusing %s", kind, url)
+        return
+    metrics = train(records, model_config=model_config, train_config=train_config, weights_url=url)
+    _mark_done(marker, recipe, metrics=metrics)
+
+
 def train_models(data: Path, models_dir: Path, *, detector_overrides: dict | None = None,
                  embedder_overrides: dict | None = None, fusion: dict | None = None, seed: int = 0) -> Path:
     """Train one detector and one embedder on ``data/train`` (or reuse them) and write a bundle."""
@@ -99,21 +112,11 @@ def train_models(data: Path, models_dir: Path, *, detector_overrides: dict | Non
     emb_model = EmbedderConfig(**emb_over.pop("model", {}))
     emb_train = EmbedderTrainConfig(**{"seed": seed, **emb_over})
 
-    det_url = str(models_dir / "detector.safetensors")
-    det_recipe = {"model": det_model.model_dump(), "train": det_train.model_dump(), "data": data_fp}
-    if _done_marker(models_dir / "detector.recipe.json", det_recipe) and Path(det_url).exists():
-        logger.info("detector is trained already with the same settings: reusing %s", det_url)
-    else:
-        metrics = train_detector(records, model_config=det_model, train_config=det_train, weights_url=det_url)
-        _mark_done(models_dir / "detector.recipe.json", det_recipe, metrics=metrics)
-
-    emb_url = str(models_dir / "embedder.safetensors")
-    emb_recipe = {"model": emb_model.model_dump(), "train": emb_train.model_dump(), "data": data_fp}
-    if _done_marker(models_dir / "embedder.recipe.json", emb_recipe) and Path(emb_url).exists():
-        logger.info("embedder is trained already with the same settings: reusing %s", emb_url)
-    else:
-        metrics = train_embedder(records, model_config=emb_model, train_config=emb_train, weights_url=emb_url)
-        _mark_done(models_dir / "embedder.recipe.json", emb_recipe, metrics=metrics)
+    for kind, train, model, train_config in (
+        ("detector", train_detector, det_model, det_train),
+        ("embedder", train_embedder, emb_model, emb_train),
+    ):
+        _train_or_reuse(kind, train, records, model, train_config, models_dir, data_fp)
 
     bundle = ModelBundle(
         fusion=FusionConfig(**(DEMO_FUSION if fusion is None else fusion)),
