@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import fsspec
@@ -50,24 +50,36 @@ class Gallery:
 
 
 def gather_gallery(
-    store_url: str, version: str, segment_ids: Sequence[str], *, deleted_image_ids: frozenset[str] = frozenset()
+    store_url: str, version: str, segment_ids: Sequence[str], *, deleted_image_ids: Iterable[str] = ()
 ) -> Gallery:
-    """Read every box of the given committed segments, leaving out deleted images."""
-    parts: dict[str, list] = {k: [] for k in ("features", "image_ids", "item_ids", "boxes", "categories", "scores")}
-    for seg_id in segment_ids:
+    """Every box of the live entries of the given committed segments (oldest first).
+
+    When an image appears in several segments the latest segment's entry is the live one; deleted
+    image ids are left out.
+    """
+    seen = set(deleted_image_ids)
+    parts: list[dict[str, np.ndarray]] = []
+    for seg_id in reversed(segment_ids):
         seg = read_segment(segment_url(store_url, version, seg_id))
         image_ids = np.asarray(seg.image_ids, dtype=str)
         item_ids = np.asarray(seg.item_ids, dtype=str)
-        keep = ~np.isin(image_ids[seg.box_image], list(deleted_image_ids)) if deleted_image_ids else slice(None)
-        parts["features"].append(seg.features.astype(np.float32)[keep])
-        parts["image_ids"].append(image_ids[seg.box_image][keep])
-        parts["item_ids"].append(item_ids[seg.box_image][keep])
-        parts["boxes"].append(seg.boxes[keep])
-        parts["categories"].append(seg.categories[keep])
-        parts["scores"].append(seg.scores[keep])
-    if not parts["features"]:
+        live_images = np.array([i not in seen for i in seg.image_ids], dtype=bool)
+        keep = live_images[seg.box_image]
+        seen.update(seg.image_ids)
+        parts.append({
+            "features": seg.features.astype(np.float32)[keep],
+            "image_ids": image_ids[seg.box_image][keep],
+            "item_ids": item_ids[seg.box_image][keep],
+            "boxes": seg.boxes[keep],
+            "categories": seg.categories[keep],
+            "scores": seg.scores[keep],
+        })
+    if not parts:
         raise ValueError(f"no committed segments to build a gallery from in {store_url} version {version}")
-    gallery = Gallery(**{k: np.concatenate(v) for k, v in parts.items()})
+    parts.reverse()
+    gallery = Gallery(**{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    if len(gallery) == 0:
+        raise ValueError(f"the {len(segment_ids)} live segments of {store_url} version {version} hold no boxes")
     logger.info("gallery of %d boxes from %d segments", len(gallery), len(segment_ids))
     return gallery
 

@@ -1,12 +1,23 @@
-"""Plan a refresh: split the manifest into segments and find which are committed already."""
+"""Plan a refresh: compare the manifest with the catalog and cut what must be embedded into segments.
+
+An image is embedded when it is new, when its content hash changed, when its last attempt failed for a
+transient reason (I/O, timeout), or — with ``retry_failed`` — when it failed at all. Images whose last
+attempt failed as bad input (corrupt, unsupported, too large) are left alone until their hash changes.
+Images of the catalog that the manifest no longer lists are deleted. Segments already live stay as they
+are, so adding 1% of images costs one new segment per ``segment_size`` new images, not a re-run.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from clothret.datasets.catalogue import ManifestEntry
+from clothret.pipeline.reader import BAD_INPUT, TRANSIENT
+from clothret.pipeline.result import STATUS_OK
+from clothret.store.catalog import Catalog, LiveImages, live_images, read_catalog
 from clothret.store.feature_store import is_committed, segment_id, segment_url
 
 logger = logging.getLogger(__name__)
@@ -14,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SegmentPlan:
-    """One segment to compute (or reuse): its id, URL and images."""
+    """One segment of a refresh: its id, URL and images; ``committed`` when it exists already."""
 
     segment_id: str
     url: str
@@ -22,19 +33,102 @@ class SegmentPlan:
     committed: bool
 
 
-def plan_segments(
-    entries: Sequence[ManifestEntry], *, version: str, store_url: str, segment_size: int
-) -> list[SegmentPlan]:
-    """Sort images by id, cut them into segments of ``segment_size`` and look up commit markers."""
+@dataclass(frozen=True)
+class RefreshPlan:
+    """What a refresh does for one model version.
+
+    ``live`` are segments of the catalog that stay live (reused as they are); ``new`` are segments to
+    compute (some may be committed already by an interrupted run); ``deleted`` are image ids to leave
+    out of the index; ``reasons`` counts why images are (re-)embedded or skipped.
+    """
+
+    version: str
+    live: tuple[SegmentPlan, ...]
+    new: tuple[SegmentPlan, ...]
+    deleted: frozenset[str]
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def segments(self) -> tuple[SegmentPlan, ...]:
+        """Every segment of the next index: the live ones, then the new ones (later entries win)."""
+        return self.live + self.new
+
+    @property
+    def n_images_to_embed(self) -> int:
+        return sum(len(s.entries) for s in self.new)
+
+
+def _why(entry: ManifestEntry, live: LiveImages, retry_failed: bool) -> str | None:
+    """Why an image must be embedded now (``None``: its live entry stands)."""
+    state = live.images.get(entry.image_id)
+    if state is None:
+        return None if retry_failed else "new"
+    if state.sha256 != entry.sha256:
+        return None if retry_failed else "changed"
+    if state.status == TRANSIENT:
+        return "retry_transient"
+    if state.status == BAD_INPUT and retry_failed:
+        return "retry_bad_input"
+    if state.status not in (STATUS_OK, BAD_INPUT, TRANSIENT):
+        return "retry_unknown_status"
+    return None
+
+
+def plan_refresh(
+    entries: Sequence[ManifestEntry],
+    *,
+    version: str,
+    store_url: str,
+    segment_size: int,
+    retry_failed: bool = False,
+    catalog: Catalog | None = None,
+) -> RefreshPlan:
+    """Plan a refresh of ``entries`` (the whole manifest) against the catalog of ``version``.
+
+    With ``retry_failed`` only the images whose last attempt failed are re-run (bad input included);
+    new, changed and deleted images wait for the next ordinary refresh.
+    """
     if segment_size < 1:
         raise ValueError(f"segment_size must be >= 1, got {segment_size}")
-    ordered = sorted(entries, key=lambda e: e.image_id)
-    plans = []
-    for start in range(0, len(ordered), segment_size):
-        chunk = tuple(ordered[start : start + segment_size])
-        seg_id = segment_id(version, chunk)
+    catalog = catalog if catalog is not None else read_catalog(store_url, version)
+    live = live_images(store_url, catalog)
+    reasons: Counter[str] = Counter()
+    todo: list[tuple[ManifestEntry, str]] = []
+    for entry in sorted(entries, key=lambda e: e.image_id):
+        why = _why(entry, live, retry_failed)
+        if why is None:
+            state = live.images.get(entry.image_id)
+            if state is None:
+                reasons["waiting_new"] += 1  # only with retry_failed
+            else:
+                reasons["unchanged" if state.status == STATUS_OK else f"skipped_{state.status}"] += 1
+            continue
+        reasons[why] += 1
+        previous = live.images.get(entry.image_id)
+        todo.append((entry, previous.segment_id if previous else ""))
+
+    listed = {e.image_id for e in entries}
+    replaced = {e.image_id for e, _ in todo}
+    if retry_failed:  # deletions wait for an ordinary refresh
+        gone = {i for i in catalog.deleted}
+    else:
+        gone = {i for i in live.images if i not in listed} | {i for i in catalog.deleted if i not in listed}
+    still_live = {s.segment_id for i, s in live.images.items() if i not in replaced and i not in gone}
+    live_ids = [s for s in catalog.segments if s in still_live]
+    # a deleted id stays in the catalog while any live segment still holds an entry for it
+    deleted = {i for s in live_ids for i in live.held.get(s, ()) if i in gone}
+    reasons["deleted"] = len(deleted - catalog.deleted)
+    live_plans = tuple(SegmentPlan(s, segment_url(store_url, version, s), (), True) for s in live_ids)
+    new_plans = []
+    for start in range(0, len(todo), segment_size):
+        chunk = todo[start : start + segment_size]
+        chunk_entries = tuple(e for e, _ in chunk)
+        seg_id = segment_id(version, chunk_entries, [prev for _, prev in chunk])
         url = segment_url(store_url, version, seg_id)
-        plans.append(SegmentPlan(seg_id, url, chunk, is_committed(url)))
-    n_done = sum(p.committed for p in plans)
-    logger.info("planned %d segments (%d committed, %d to compute)", len(plans), n_done, len(plans) - n_done)
-    return plans
+        new_plans.append(SegmentPlan(seg_id, url, chunk_entries, is_committed(url)))
+    plan = RefreshPlan(version, live_plans, tuple(new_plans), frozenset(deleted), dict(reasons))
+    logger.info(
+        "plan for %s: %d live segments kept, %d new segments (%d committed by an earlier run), %s",
+        version, len(live_plans), len(new_plans), sum(p.committed for p in new_plans), dict(reasons),
+    )
+    return plan

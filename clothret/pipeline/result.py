@@ -11,10 +11,12 @@ STATUS_OK = "ok"
 
 @dataclass
 class SegmentResult:
-    """Per image: id, item id, status ("ok", "bad_input", "transient"), reason. Per box: the rest."""
+    """Per image: id, item id, content hash, status ("ok", "bad_input", "transient"), reason.
+    Per box: the rest."""
 
     image_ids: list[str]
     item_ids: list[str]
+    sha256: list[str]
     status: list[str]
     reasons: list[str]
     box_image: np.ndarray  # (n_boxes,) int32 index into image_ids

@@ -71,6 +71,7 @@ def run_segment(
     result = SegmentResult(
         image_ids=[e.image_id for e in entries],
         item_ids=[e.item_id for e in entries],
+        sha256=[e.sha256 for e in entries],
         status=status,
         reasons=reasons,
         box_image=np.concatenate(box_image) if box_image else np.zeros(0, np.int32),
