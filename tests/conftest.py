@@ -21,6 +21,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from clothret.datasets.synthetic import SyntheticSizes  # noqa: E402
+pytest_plugins = ["s3_server"]  # tests/s3_server.py: s3_endpoint, s3_bucket
 
 TINY_SPLITS = {
     "train": SyntheticSizes(n_pairs=10, street_per_pair=2),

@@ -8,7 +8,7 @@ from clothret.index.gallery import gather_gallery
 from clothret.index.publish import current_build, publish
 from clothret.index.rebuild import rebuild_and_publish
 from clothret.index.search import SearchIndex, top_items
-from clothret.pipeline.plan import plan_segments
+from clothret.pipeline.plan import plan_refresh
 from clothret.pipeline.result import SegmentResult
 from clothret.store.feature_store import (
     committed_segments,
@@ -33,7 +33,8 @@ def _segment(entries, dim=8, seed=0):
     status = ["ok"] * n
     status[0] = "bad_input"
     return SegmentResult(
-        image_ids=[e.image_id for e in entries], item_ids=[e.item_id for e in entries], status=status,
+        image_ids=[e.image_id for e in entries], item_ids=[e.item_id for e in entries],
+        sha256=[e.sha256 for e in entries], status=status,
         reasons=["corrupt"] + [""] * (n - 1), box_image=box_image,
         boxes=rng.uniform(0, 100, size=(len(box_image), 4)).astype(np.float32),
         scores=rng.uniform(size=len(box_image)).astype(np.float32),
@@ -68,20 +69,20 @@ def test_segment_round_trip_and_commit_marker(tmp_path, root):
 def test_plan_flags_committed_segments(tmp_path):
     store = str(tmp_path / "store")
     entries = _entries(10)
-    plans = plan_segments(entries, version="v1", store_url=store, segment_size=4)
+    plans = plan_refresh(entries, version="v1", store_url=store, segment_size=4).new
     assert [len(p.entries) for p in plans] == [4, 4, 2]
     assert not any(p.committed for p in plans)
     write_segment(plans[1].url, _segment(list(plans[1].entries)))
-    again = plan_segments(list(reversed(entries)), version="v1", store_url=store, segment_size=4)
+    again = plan_refresh(list(reversed(entries)), version="v1", store_url=store, segment_size=4).new
     assert [p.segment_id for p in again] == [p.segment_id for p in plans]
     assert [p.committed for p in again] == [False, True, False]
     with pytest.raises(ValueError, match="segment_size"):
-        plan_segments(entries, version="v1", store_url=store, segment_size=0)
+        plan_refresh(entries, version="v1", store_url=store, segment_size=0)
 
 
 def test_index_matches_exact_search_and_publish_swaps_pointer(tmp_path):
     store, index_root = str(tmp_path / "store"), str(tmp_path / "index")
-    plans = plan_segments(_entries(12), version="v1", store_url=store, segment_size=5)
+    plans = plan_refresh(_entries(12), version="v1", store_url=store, segment_size=5).new
     for i, p in enumerate(plans):
         write_segment(p.url, _segment(list(p.entries), seed=i))
     ids = [p.segment_id for p in plans]

@@ -1,12 +1,23 @@
-"""Load a published index and search it with the features of query detections."""
+"""Load a published index and search it with the features of query detections.
+
+A build's ``index.faiss`` is memory-mapped where faiss can map its type (flat and HNSW storage with
+``IO_FLAG_MMAP_IFC``, IVF lists with ``IO_FLAG_MMAP``), so loading is fast and pages are shared between
+processes; other types are read into memory. A remote build (``s3://``, ``memory://``) is first copied to a
+local cache directory keyed by its build id; a local one is mapped in place.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import tempfile
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
+import fsspec
 import numpy as np
 
 from clothret.detection.types import Detections
@@ -16,27 +27,100 @@ from clothret.index.results import QueryResult
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "clothret-index-cache"
+_FLAT_CODES_FOURCC = (b"IxFI", b"IxF2", b"IxFl", b"IHNf")  # IndexFlatIP/L2/generic, IndexHNSWFlat
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "file" in protocols or "local" in protocols
+
+
+def local_index_file(url: str, build_id: str, manifest: dict, cache_dir: str | Path | None = None) -> Path:
+    """A local path of the index file at ``url``: the file itself when it is local, else a copy in
+    ``cache_dir/<build id>/`` (downloaded once, checked against the manifest's sha256, renamed into place)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if _is_local(fs):
+        return Path(path)
+    expected = manifest.get("files", {}).get("index.faiss", {})
+    target = Path(cache_dir or DEFAULT_CACHE_DIR) / build_id / "index.faiss"
+    if target.exists() and target.stat().st_size == expected.get("bytes", target.stat().st_size):
+        logger.info("index build %s found in the cache %s", build_id, target.parent)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"index.faiss.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        fs.get_file(path, str(tmp))
+        if "sha256" in expected:
+            with tmp.open("rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            if digest != expected["sha256"]:
+                raise OSError(f"{url} downloaded with sha256 {digest}, its manifest says {expected['sha256']}")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("index build %s copied from %s to %s", build_id, url, target)
+    return target
+
+
+def mmap_flags(path: str | Path) -> int | None:
+    """The faiss read flags that memory-map the index file at ``path``, or ``None`` for a type that cannot."""
+    with open(path, "rb") as f:
+        fourcc = f.read(4)
+    read_only = getattr(faiss, "IO_FLAG_READ_ONLY", 0)
+    if fourcc in _FLAT_CODES_FOURCC and hasattr(faiss, "IO_FLAG_MMAP_IFC"):
+        return faiss.IO_FLAG_MMAP_IFC | read_only
+    if fourcc.startswith(b"Iw"):  # every IVF type: its inverted lists map as OnDiskInvertedLists
+        return faiss.IO_FLAG_MMAP | read_only
+    return None
+
+
+def read_index_file(path: str | Path, *, mmap: bool = True) -> tuple[faiss.Index, str]:
+    """Read a local index file, memory-mapped when ``mmap`` and its type allow; returns it and ``"mmap"``
+    or ``"memory"``."""
+    flags = mmap_flags(path) if mmap else None
+    if flags is not None:
+        try:
+            return faiss.read_index(str(path), flags), "mmap"
+        except RuntimeError as exc:
+            reason = (str(exc).splitlines() or [""])[0]
+            logger.warning("cannot memory-map %s (%s): reading it into memory", path, reason)
+    return faiss.read_index(str(path)), "memory"
+
 
 @dataclass
 class SearchIndex:
-    """A published build in memory: the FAISS index, its id map and its manifest."""
+    """A published build: the FAISS index, its id map, its manifest, and how the index was loaded
+    (``"mmap"``: memory-mapped from its file, ``"memory"``: read or built in memory)."""
 
     index: faiss.Index
     gallery: Gallery
     manifest: dict
+    load_mode: str = "memory"
 
     @classmethod
-    def load(cls, index_root: str, build_id: str | None = None) -> SearchIndex:
-        """Load the current build (or a named one) of an index root."""
+    def load(
+        cls,
+        index_root: str,
+        build_id: str | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        mmap: bool = True,
+    ) -> SearchIndex:
+        """Load the current build (or a named one) of an index root, memory-mapped where possible
+        (``mmap=False`` reads it into memory); remote builds are cached under ``cache_dir``."""
         build_id = build_id or current_build(index_root)
         if build_id is None:
             raise FileNotFoundError(f"no index published under {index_root}: run a catalogue refresh first")
-        base = build_url(index_root, build_id)
-        index = faiss.deserialize_index(np.frombuffer(read_bytes(f"{base}/index.faiss"), dtype=np.uint8))
-        gallery = Gallery.id_map_from_bytes(read_bytes(f"{base}/idmap.npz"), index.d)
         manifest = read_build_manifest(index_root, build_id)
-        logger.info("loaded index build %s (%d vectors)", build_id, index.ntotal)
-        return cls(index, gallery, manifest)
+        base = build_url(index_root, build_id)
+        path = local_index_file(f"{base}/index.faiss", build_id, manifest, cache_dir)
+        index, mode = read_index_file(path, mmap=mmap)
+        gallery = Gallery.id_map_from_bytes(read_bytes(f"{base}/idmap.npz"), index.d)
+        if len(gallery) != index.ntotal:
+            raise ValueError(f"build {build_id}: id map has {len(gallery)} rows but the index {index.ntotal} vectors")
+        logger.info("loaded index build %s (%d vectors, %s, %s)", build_id, index.ntotal, type(index).__name__, mode)
+        return cls(index, gallery, manifest, mode)
 
     @property
     def version(self) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import uuid
 
 import fsspec
 
@@ -20,7 +20,7 @@ def atomic_write(url: str, data: bytes) -> None:
     parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
     if is_local(fs):
-        tmp = f"{path}.tmp-{hashlib.sha1(data).hexdigest()[:8]}"
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
         fs.pipe_file(tmp, data)
         fs.mv(tmp, path)
     else:
