@@ -4,7 +4,10 @@
     clothret synth --out DIR            synthetic data set in the DeepFashion2 layout
     clothret train --data DIR --out DIR train a detector and an embedder, write bundle.yaml
     clothret catalogue --split DIR --out manifest.jsonl
-    clothret refresh --manifest M --bundle B --store S --index I
+    clothret refresh --manifest M --bundle B --store S --index I [--retry-failed]
+    clothret backfill --manifest M --bundle NEW --store S --index I   then: clothret promote --index I
+    clothret rollback --index I          serve the previous build again
+    clothret builds --index I            list builds
     clothret search IMAGE [IMAGE ...]   top shop items for any image file
     clothret evaluate --split DIR --bundle B --index I --out DIR
     clothret report --split DIR --submission F --out report.html
@@ -19,6 +22,8 @@ import os
 import sys
 from pathlib import Path
 
+from clothret.errors import PublishRefused, SegmentsFailed
+
 DEFAULT_WORKDIR = "demo-work"
 
 logger = logging.getLogger("clothret")
@@ -32,13 +37,21 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("distributed").setLevel(logging.WARNING)  # Prefect's run logs show the progress
 
 
-def _run_refresh_flow(config):
-    """Run the catalogue-refresh flow against the configured Prefect API or a temporary local one."""
-    from flows.catalogue_refresh import catalogue_refresh
+def _run_flow(name: str, *args, **kwargs):
+    """Run a flow of ``flows/`` against the configured Prefect API or a temporary local one."""
+    import importlib
+
     from flows.local_api import prefect_api
 
+    module, _, fn = name.partition(":")
+    flow = getattr(importlib.import_module(f"flows.{module}"), fn)
     with prefect_api():
-        return catalogue_refresh(config)
+        return flow(*args, **kwargs)
+
+
+def _run_refresh_flow(config):
+    """Run the catalogue-refresh flow (the demo injects this)."""
+    return _run_flow("catalogue_refresh:catalogue_refresh", config)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -99,15 +112,48 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_refresh(args: argparse.Namespace) -> int:
+def _refresh_config(args: argparse.Namespace):
     from clothret.refresh import RefreshConfig
 
-    config = RefreshConfig(
+    return RefreshConfig(
         manifest_url=args.manifest, bundle_url=args.bundle, store_url=args.store, index_url=args.index,
-        segment_size=args.segment_size,
+        segment_size=args.segment_size, retry_failed=getattr(args, "retry_failed", False),
+        eval_split_url=args.eval_split, device=args.device,
     )
-    build = _run_refresh_flow(config)
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    build = _run_flow("catalogue_refresh:catalogue_refresh", _refresh_config(args))
     sys.stdout.write(json.dumps(build, indent=2) + "\n")
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    build = _run_flow("backfill:backfill", _refresh_config(args))
+    sys.stdout.write(json.dumps(build, indent=2) + "\n")
+    sys.stdout.write(f"build {build['build_id']} written, not serving: clothret promote --index {args.index} "
+                     f"--build {build['build_id']}\n")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    build_id = _run_flow("promote:promote", args.index, args.build)
+    sys.stdout.write(f"{args.index} serves build {build_id}\n")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    build_id = _run_flow("promote:rollback", args.index)
+    sys.stdout.write(f"{args.index} serves build {build_id}\n")
+    return 0
+
+
+def cmd_builds(args: argparse.Namespace) -> int:
+    from clothret.index.publish import list_builds
+
+    for b in list_builds(args.index):
+        mark = "*" if b["active"] else " "
+        sys.stdout.write(f"{mark} {b['build_id']}  version {b['model_version']}  {b.get('n_boxes', '?')} boxes\n")
     return 0
 
 
@@ -188,13 +234,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_catalogue)
 
-    p = sub.add_parser("refresh", help="run the catalogue_refresh flow")
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--store", required=True)
+    for name, fn, text in (
+        ("refresh", cmd_refresh, "run the catalogue-refresh flow: embed what changed, publish and serve a build"),
+        ("backfill", cmd_backfill, "run the backfill flow: the whole catalogue under a new bundle, not served yet"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--manifest", required=True)
+        p.add_argument("--bundle", required=True)
+        p.add_argument("--store", required=True)
+        p.add_argument("--index", required=True)
+        p.add_argument("--segment-size", type=int, default=1000)
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        p.add_argument("--eval-split", help="split whose street images gate the build (Acc@10)")
+        if name == "refresh":
+            p.add_argument("--retry-failed", action="store_true", help="re-run only images that failed before")
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("promote", help="serve a written build (default: the newest one not served yet)")
     p.add_argument("--index", required=True)
-    p.add_argument("--segment-size", type=int, default=1000)
-    p.set_defaults(fn=cmd_refresh)
+    p.add_argument("--build", help="build id")
+    p.set_defaults(fn=cmd_promote)
+
+    p = sub.add_parser("rollback", help="serve the build that served before the current one")
+    p.add_argument("--index", required=True)
+    p.set_defaults(fn=cmd_rollback)
+
+    p = sub.add_parser("builds", help="list the builds of an index (* serves)")
+    p.add_argument("--index", default=f"{wd}/index")
+    p.set_defaults(fn=cmd_builds)
 
     p = sub.add_parser("search", help="top shop items for image files")
     p.add_argument("images", nargs="+")
@@ -226,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         return args.fn(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, PublishRefused, SegmentsFailed) as exc:
         logger.error("%s", exc)
         return 2
 

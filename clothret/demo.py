@@ -23,12 +23,11 @@ from clothret.datasets.deepfashion2 import read_split
 from clothret.datasets.records import ImageRecord
 from clothret.datasets.synthetic import DEFAULT_SPLITS, SyntheticSizes, generate_dataset
 from clothret.detection.fusion import FusionConfig
-from clothret.evaluation.retrieval import retrieval_accuracy
+from clothret.evaluation.split import evaluate_split
 from clothret.evaluation.submission import write_submission
 from clothret.index.results import QueryResult
 from clothret.index.search import SearchIndex
 from clothret.models import DetectorEntry, EmbedderEntry, ModelBundle, load_bundle, load_models, save_bundle
-from clothret.pipeline.query import search_images
 from clothret.refresh import RefreshConfig
 from clothret.report import write_report
 
@@ -146,21 +145,10 @@ def evaluate(
     split_url: str, bundle_url: str, index_url: str, out_dir: str, *, k: int = 20
 ) -> tuple[dict, list[ImageRecord], list[ImageRecord], list[QueryResult]]:
     """Search every street image of a split, score Acc@k and write ``submission.json``."""
-    records = read_split(split_url)
-    queries = [r for r in records if r.source == "user"]
-    gallery = [r for r in records if r.source == "shop"]
     models = load_models(load_bundle(bundle_url))
-    index = SearchIndex.load(index_url)
-    start = time.perf_counter()
-    results, failures = search_images(models, index, [(r.image_id, r.path) for r in queries], k=k)
-    seconds = time.perf_counter() - start
-    if failures:
-        logger.warning("%d query images could not be read: %s", len(failures), failures)
-    scores = retrieval_accuracy(queries, gallery, results)
-    write_submission(results, f"{out_dir.rstrip('/')}/submission.json")
-    scores["query_seconds"] = seconds
-    scores["n_query_images"] = len(queries)
-    return scores, queries, gallery, results
+    run = evaluate_split(split_url, models, SearchIndex.load(index_url), k=k)
+    write_submission(run.results, f"{out_dir.rstrip('/')}/submission.json")
+    return run.scores, run.queries, run.gallery, run.results
 
 
 def run_demo(

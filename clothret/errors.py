@@ -46,3 +46,11 @@ def is_transient(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+class PublishRefused(RuntimeError):
+    """A build failed a quality gate (recall or Acc@10); the serving build stays."""
+
+
+class SegmentsFailed(RuntimeError):
+    """Some segments failed after their retries; the finished ones are committed and kept."""

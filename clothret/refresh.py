@@ -1,24 +1,37 @@
-"""The steps of a catalogue refresh as plain functions; ``tasks/`` wraps each in a Prefect task."""
+"""The steps of a catalogue refresh (and of a backfill) as plain functions; ``tasks/`` wraps each in a
+Prefect task and ``flows/`` only sequences them.
+
+    plan → embed each new segment → commit the catalog → build, validate, publish the index
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from clothret.datasets.catalogue import read_manifest
-from clothret.index.rebuild import rebuild_and_publish
+from clothret.errors import PublishRefused
+from clothret.evaluation.split import evaluate_split
+from clothret.index.config import IndexConfig
+from clothret.index.gallery import gather_gallery
+from clothret.index.publish import current_build, publish, read_build_manifest
+from clothret.index.rebuild import build_validated
+from clothret.index.search import SearchIndex
 from clothret.models import cached_models, load_bundle
-from clothret.pipeline.plan import SegmentPlan, plan_segments
+from clothret.pipeline.plan import RefreshPlan, SegmentPlan, plan_refresh
 from clothret.pipeline.segment import run_segment
+from clothret.store.catalog import Catalog, read_catalog, write_catalog
 from clothret.store.feature_store import is_committed, write_segment
 
 logger = logging.getLogger(__name__)
 
 
 class RefreshConfig(BaseModel):
-    """Where the catalogue, models, feature store and index live, and how to cut the work."""
+    """Where the catalogue, models, feature store and index live, how to cut the work, how to check it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     manifest_url: str = Field(description="JSON Lines manifest of the gallery images")
@@ -27,40 +40,144 @@ class RefreshConfig(BaseModel):
     index_url: str = Field(description="index root (local path or s3://...)")
     segment_size: int = Field(1000, ge=1, description="images per segment (one task each)")
     batch_size: int = Field(16, ge=1, description="images per detector/embedder batch")
-    device: str = Field("cpu", description="torch device for the models")
+    device: str = Field("auto", description="torch device for the models: auto (cuda when present), cpu, cuda")
+    retry_failed: bool = Field(False, description="re-run only the images whose last attempt failed")
+    index: IndexConfig = Field(default_factory=IndexConfig, description="index type and validation thresholds")
+    eval_split_url: str | None = Field(
+        None, description="a split in the DeepFashion2 layout whose street images evaluate each build (Acc@k gate)"
+    )
+    max_acc_drop: float = Field(0.02, ge=0, le=1, description="largest Acc@10 drop against the serving build")
 
 
-def plan(config: RefreshConfig) -> tuple[str, list[SegmentPlan]]:
-    """The model version and the segments of the manifest (committed ones flagged)."""
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_serving_version(index_url: str, version: str) -> None:
+    """Refuse to publish-and-serve a build of another model version than the serving one."""
+    serving = current_build(index_url)
+    if serving is None:
+        return
+    serving_version = read_build_manifest(index_url, serving).get("model_version")
+    if serving_version != version:
+        raise ValueError(
+            f"index {index_url} serves model version {serving_version} (build {serving}) but this refresh uses "
+            f"version {version}: run the backfill flow with the new bundle and promote its build, or refresh with "
+            f"the serving bundle"
+        )
+
+
+def plan(config: RefreshConfig, *, activate: bool = True) -> RefreshPlan:
+    """What to embed for the bundle's model version; ``activate`` checks the serving version first."""
     version = load_bundle(config.bundle_url).version()
+    if activate:
+        check_serving_version(config.index_url, version)
     entries = read_manifest(config.manifest_url)
     if not entries:
         raise ValueError(f"manifest {config.manifest_url} lists no images")
-    plans = plan_segments(entries, version=version, store_url=config.store_url, segment_size=config.segment_size)
-    return version, plans
+    return plan_refresh(
+        entries, version=version, store_url=config.store_url, segment_size=config.segment_size,
+        retry_failed=config.retry_failed,
+    )
 
 
 def embed_segment(
-    segment: SegmentPlan, config: RefreshConfig, version: str, on_progress: Callable[[int, int], None] | None = None
+    segment: SegmentPlan,
+    *,
+    bundle_url: str,
+    version: str,
+    device: str = "auto",
+    batch_size: int = 16,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Compute and commit one segment unless it is committed already; returns its counts."""
+    base = {"segment_id": segment.segment_id, "images": len(segment.entries)}
     if is_committed(segment.url):
-        logger.info("segment %s is committed: reused", segment.segment_id)
-        return {"segment_id": segment.segment_id, "reused": True, "images": len(segment.entries)}
-    models = cached_models(config.bundle_url, version, config.device)
-    result = run_segment(segment.entries, models, batch_size=config.batch_size, on_progress=on_progress)
+        logger.info("segment %s is committed already: reused", segment.segment_id)
+        return {**base, "computed": False}
+    models = cached_models(bundle_url, version, resolve_device(device))
+    result = run_segment(segment.entries, models, batch_size=batch_size, on_progress=on_progress)
     counts = write_segment(segment.url, result)
-    failed = {e.image_id: f"{s}: {r}" for e, s, r in zip(segment.entries, result.status, result.reasons) if s != "ok"}
-    return {"segment_id": segment.segment_id, "reused": False, **counts, "failed": failed}
-
-
-def publish_index(config: RefreshConfig, version: str, segment_ids: list[str], counts: list[dict]) -> dict:
-    """Build and publish the index over the live segments; the manifest records the refresh counts."""
-    totals = {
-        "segments_computed": sum(not c.get("reused") for c in counts),
-        "segments_reused": sum(bool(c.get("reused")) for c in counts),
-        "images_failed": sum(c.get("images_failed", 0) for c in counts),
+    failed = {
+        e.image_id: f"{status}: {reason}"
+        for e, status, reason in zip(segment.entries, result.status, result.reasons)
+        if status != "ok"
     }
-    return rebuild_and_publish(
-        store_url=config.store_url, version=version, segment_ids=segment_ids, index_root=config.index_url, extra=totals
-    )
+    return {**base, **counts, "computed": True, "failed": failed}
+
+
+def commit_catalog(config: RefreshConfig, refresh_plan: RefreshPlan, done: Iterable[str]) -> Catalog:
+    """Make the kept and the finished new segments the live ones; unchanged catalogs are not rewritten."""
+    done = set(done)
+    segments = [s.segment_id for s in refresh_plan.live] + [s.segment_id for s in refresh_plan.new if s.segment_id in done]
+    current = read_catalog(config.store_url, refresh_plan.version)
+    if list(current.segments) == segments and current.deleted == refresh_plan.deleted:
+        return current
+    return write_catalog(config.store_url, segments, refresh_plan.deleted, refresh_plan.version)
+
+
+def refresh_counts(refresh_plan: RefreshPlan, segment_counts: Sequence[dict]) -> dict:
+    """The run's figures: images, boxes, skipped images by reason, segments computed vs reused."""
+    computed = [c for c in segment_counts if c.get("computed")]
+    skipped = Counter(reason.split(":", 1)[0] for c in computed for reason in c.get("failed", {}).values())
+    return {
+        "segments_live_kept": len(refresh_plan.live),
+        "segments_computed": len(computed),
+        "segments_reused": len(refresh_plan.live) + len(segment_counts) - len(computed),
+        "images_embedded": sum(c.get("images_ok", 0) for c in computed),
+        "images_failed": sum(c.get("images_failed", 0) for c in computed),
+        "images_failed_by_kind": dict(skipped),
+        "boxes_new": sum(c.get("boxes", 0) for c in computed),
+        "plan": dict(refresh_plan.reasons),
+    }
+
+
+def _acc_gate(config: RefreshConfig, scores: dict) -> dict:
+    """Compare a build's Acc@10 with the serving build's on the same split; raise when it fell too far."""
+    figures = {"acc@1": scores["acc@1"], "acc@10": scores["acc@10"], "eval_split": config.eval_split_url}
+    serving = current_build(config.index_url)
+    if serving is None:
+        return figures
+    previous = read_build_manifest(config.index_url, serving)
+    if previous.get("eval_split") != config.eval_split_url or "acc@10" not in previous:
+        logger.info("serving build %s has no Acc@10 on %s: nothing to compare with", serving, config.eval_split_url)
+        return figures
+    figures["serving_acc@10"] = previous["acc@10"]
+    if scores["acc@10"] < previous["acc@10"] - config.max_acc_drop:
+        raise PublishRefused(
+            f"publish refused: Acc@10 {scores['acc@10']:.4f} on {config.eval_split_url} is more than "
+            f"{config.max_acc_drop} below the serving build {serving}'s {previous['acc@10']:.4f}"
+        )
+    return figures
+
+
+def build_and_publish(
+    config: RefreshConfig, version: str, *, activate: bool = True, extra: dict | None = None
+) -> dict:
+    """Build the index over the catalog's live entries, validate it, publish it; returns its manifest."""
+    catalog = read_catalog(config.store_url, version)
+    if not catalog.segments:
+        raise ValueError(f"the catalog of version {version} in {config.store_url} has no live segments to index")
+    gallery = gather_gallery(config.store_url, version, catalog.segments, deleted_image_ids=catalog.deleted)
+    index, figures = build_validated(gallery, config.index)
+
+    manifest = {
+        "model_version": version,
+        "segments": list(catalog.segments),
+        "n_images": int(len(np.unique(gallery.image_ids))),
+        "n_items": int(len(np.unique(gallery.item_ids))),
+        "n_boxes": int(len(gallery)),
+        **figures,
+        **(extra or {}),
+    }
+    if config.eval_split_url:
+        models = cached_models(config.bundle_url, version, resolve_device(config.device))
+        run = evaluate_split(config.eval_split_url, models, SearchIndex(index, gallery, manifest))
+        manifest.update(_acc_gate(config, run.scores))
+    build_id = publish(config.index_url, index, gallery, manifest, activate=activate)
+    return {**manifest, "build_id": build_id, "active": activate}

@@ -1,18 +1,56 @@
-"""Nightly catalogue refresh: plan segments → embed each on a Dask worker → build and publish the index."""
+"""Nightly catalogue refresh: plan → embed each new segment on a Dask worker → commit the catalog →
+build, validate and publish the index."""
 
 from __future__ import annotations
 
-from prefect import flow, unmapped
+import dask
+from prefect import flow
+from prefect.futures import as_completed
 
-from clothret.refresh import RefreshConfig
-from flows.cluster import dask_task_runner
-from tasks.refresh import embed_segment, plan_refresh, publish_index
+from clothret.errors import SegmentsFailed
+from clothret.refresh import RefreshConfig, refresh_counts
+from flows.cluster import dask_task_runner, task_resources
+from tasks.artifacts import publish_run_artifacts, start_progress, update_progress
+from tasks.refresh import commit_catalog, embed_segment, plan_refresh, publish_index
+
+
+def refresh_sequence(config: RefreshConfig, *, activate: bool, key: str) -> dict:
+    """The steps shared by the refresh and the backfill flows."""
+    plan = plan_refresh(config, activate)
+    what = f"{key} {plan.version}"
+    progress = start_progress(len(plan.new), what)
+    with dask.annotate(resources=task_resources()):
+        futures = [
+            embed_segment.with_options(refresh_cache=segment.segment_id not in plan.committed).submit(
+                segment, config.bundle_url, plan.version, config.device, config.batch_size
+            )
+            for segment in plan.new
+        ]
+    results, errors, cached = [], {}, 0
+    for done, future in enumerate(as_completed(futures), start=1):
+        outcome = future.result(raise_on_failure=False)
+        if isinstance(outcome, BaseException):
+            errors[future.task_run_id] = repr(outcome)
+        elif future.state.name == "Cached":  # finished by an earlier run: its result says "computed"
+            results.append({**outcome, "computed": False})
+            cached += 1
+        else:
+            results.append(outcome)
+        update_progress(progress, done, len(futures), what)
+    commit_catalog(config, plan, [r["segment_id"] for r in results])
+    counts = {**refresh_counts(plan, results), "segments_cached": cached, "segments_failed": len(errors)}
+    if errors:
+        publish_run_artifacts(key, counts, None)
+        raise SegmentsFailed(
+            f"{len(errors)} of {len(futures)} segments failed after retries ({list(errors.values())[:3]}); "
+            f"the {len(results)} finished segments are committed and a re-run computes only the rest"
+        )
+    manifest = publish_index(config, plan.version, activate, counts)
+    publish_run_artifacts(key, counts, manifest)
+    return manifest
 
 
 @flow(name="catalogue-refresh", task_runner=dask_task_runner())
 def catalogue_refresh(config: RefreshConfig) -> dict:
-    """Embed what the feature store lacks for this model version, then publish a new index build."""
-    version, plans = plan_refresh(config)
-    futures = embed_segment.map(plans, config=unmapped(config), version=unmapped(version))
-    counts = [f.result() for f in futures]
-    return publish_index(config, version, [p.segment_id for p in plans], counts)
+    """Embed what is new, changed or failed transiently; drop what was deleted; publish and serve a new build."""
+    return refresh_sequence(config, activate=True, key="refresh")

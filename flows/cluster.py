@@ -23,22 +23,38 @@ def _gpu_count() -> int:
         return 0
 
 
+def _use_cuda_cluster() -> bool:
+    if not _gpu_count():
+        return False
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        logging.getLogger(__name__).warning("GPUs found but dask-cuda is not installed: using a CPU cluster")
+        return False
+    return True
+
+
+def task_resources() -> dict[str, int]:
+    """Dask resources a GPU task asks for: one ``GPU`` where workers offer it, so two never share a GPU.
+
+    Workers of a LocalCUDACluster offer one each; for an existing scheduler set
+    ``CLOTHRET_DASK_GPU_RESOURCE=1`` when its workers were started with ``--resources GPU=1``.
+    """
+    if os.environ.get("CLOTHRET_DASK_ADDRESS"):
+        return {"GPU": 1} if os.environ.get("CLOTHRET_DASK_GPU_RESOURCE") == "1" else {}
+    return {"GPU": 1} if _use_cuda_cluster() else {}
+
+
 def dask_task_runner() -> DaskTaskRunner:
     """A DaskTaskRunner for this machine (see the module docstring)."""
     address = os.environ.get("CLOTHRET_DASK_ADDRESS")
     if address:
         return DaskTaskRunner(address=address)
-    gpus = _gpu_count()
-    if gpus:
-        try:
-            import dask_cuda  # noqa: F401
-
-            return DaskTaskRunner(
-                cluster_class="dask_cuda.LocalCUDACluster",
-                cluster_kwargs={"threads_per_worker": 1, "resources": {"GPU": 1}, "silence_logs": logging.ERROR},
-            )
-        except ImportError:
-            logging.getLogger(__name__).warning("GPUs found but dask-cuda is not installed: using a CPU cluster")
+    if _use_cuda_cluster():
+        return DaskTaskRunner(
+            cluster_class="dask_cuda.LocalCUDACluster",
+            cluster_kwargs={"threads_per_worker": 1, "resources": {"GPU": 1}, "silence_logs": logging.ERROR},
+        )
     cores = os.cpu_count() or 2
     workers = int(os.environ.get("CLOTHRET_DASK_WORKERS", max(2, cores // 2)))
     threads = str(max(1, cores // workers))

@@ -1,41 +1,68 @@
-"""Tasks of the catalogue refresh: plan, embed one segment, publish the index."""
+"""Tasks of the catalogue refresh and the backfill: plan, embed one segment, commit the catalog, publish.
+
+Only ``embed-segment`` is cached: its key is the task's source and its inputs (the segment's id, URL and
+images, and the model version) — never the run id — and its result is persisted, so a re-run after a
+crash finds the segments an earlier run finished. Everything else reads the store's state and runs anew.
+"""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from clothret import refresh
-from clothret.pipeline.plan import SegmentPlan
+from clothret.pipeline.plan import RefreshPlan, SegmentPlan
 from clothret.refresh import RefreshConfig
+from tasks.retry import RETRY_OPTIONS
+
+SEGMENT_CACHE = TASK_SOURCE + (INPUTS - "bundle_url" - "device" - "batch_size")
 
 
-@task(name="plan-refresh")
-def plan_refresh(config: RefreshConfig) -> tuple[str, list[SegmentPlan]]:
-    version, plans = refresh.plan(config)
+@task(name="plan-refresh", cache_policy=NO_CACHE, **RETRY_OPTIONS)
+def plan_refresh(config: RefreshConfig, activate: bool = True) -> RefreshPlan:
+    plan = refresh.plan(config, activate=activate)
     get_run_logger().info(
-        "model version %s: %d segments, %d already committed", version, len(plans), sum(p.committed for p in plans)
+        "model version %s: %d live segments kept, %d segments to embed (%d images), %s",
+        plan.version, len(plan.live), len(plan.new), plan.n_images_to_embed, plan.reasons,
     )
-    return version, plans
+    return plan
 
 
-@task(name="embed-segment", task_run_name="embed-segment-{segment.segment_id}", retries=2, retry_delay_seconds=[5, 30])
-def embed_segment(segment: SegmentPlan, config: RefreshConfig, version: str) -> dict:
+@task(
+    name="embed-segment",
+    task_run_name="embed-segment-{segment.segment_id}",
+    cache_policy=SEGMENT_CACHE,
+    persist_result=True,
+    **RETRY_OPTIONS,
+)
+def embed_segment(segment: SegmentPlan, bundle_url: str, version: str, device: str, batch_size: int) -> dict:
     logger = get_run_logger()
+    step = max(1, len(segment.entries) // 10)
 
     def progress(done: int, total: int) -> None:
-        logger.info("segment %s: %d/%d images", segment.segment_id, done, total)
+        if done % step < batch_size or done == total:
+            logger.info("segment %s: %d/%d images", segment.segment_id, done, total)
 
-    counts = refresh.embed_segment(segment, config, version, on_progress=progress)
+    counts = refresh.embed_segment(
+        segment, bundle_url=bundle_url, version=version, device=device, batch_size=batch_size, on_progress=progress
+    )
     if counts.get("failed"):
         logger.warning("segment %s: %d images failed: %s", segment.segment_id, len(counts["failed"]), counts["failed"])
     return counts
 
 
-@task(name="publish-index")
-def publish_index(config: RefreshConfig, version: str, segment_ids: list[str], counts: list[dict]) -> dict:
-    manifest = refresh.publish_index(config, version, segment_ids, counts)
+@task(name="commit-catalog", cache_policy=NO_CACHE, **RETRY_OPTIONS)
+def commit_catalog(config: RefreshConfig, plan: RefreshPlan, done: list[str]) -> None:
+    catalog = refresh.commit_catalog(config, plan, done)
+    get_run_logger().info("catalog: %d live segments, %d deleted images", len(catalog.segments), len(catalog.deleted))
+
+
+@task(name="publish-index", cache_policy=NO_CACHE, **RETRY_OPTIONS)
+def publish_index(config: RefreshConfig, version: str, activate: bool, counts: dict) -> dict:
+    manifest = refresh.build_and_publish(config, version, activate=activate, extra=counts)
     get_run_logger().info(
-        "published build %s: %d boxes from %d images, recall@10 %.3f",
-        manifest["build_id"], manifest["n_boxes"], manifest["n_images"], manifest["recall_at_10"],
+        "%s build %s: %d boxes from %d images, %s index, recall@10 %.3f",
+        "published" if activate else "wrote (not serving)", manifest["build_id"], manifest["n_boxes"],
+        manifest["n_images"], manifest.get("index_kind"), manifest["recall_at_10"],
     )
     return manifest

@@ -37,7 +37,7 @@ def _run(store, entries, *, statuses=None, segment_size=4, retry_failed=False) -
     """Plan, 'embed' the new segments, commit the catalog: a refresh without models."""
     plan = plan_refresh(entries, version=VERSION, store_url=store, segment_size=segment_size, retry_failed=retry_failed)
     for seg in plan.new:
-        if not seg.committed:
+        if seg.segment_id not in plan.committed:
             write_segment(seg.url, _fake_embed(seg.entries, statuses or {}))
     write_catalog(store, [s.segment_id for s in plan.segments], plan.deleted, VERSION)
     return plan
@@ -104,7 +104,7 @@ def test_transient_failures_are_retried_bad_input_waits_for_a_new_hash(store):
     assert retry.reasons["retry_transient"] == 1 and retry.reasons["skipped_bad_input"] == 1
     again = _run(store, entries)  # a retry of a retry gets a new segment id, so it really runs
     assert [e.image_id for s in again.new for e in s.entries] == ["img0001"]
-    assert again.new[0].segment_id != retry.new[0].segment_id and not again.new[0].committed
+    assert again.new[0].segment_id != retry.new[0].segment_id and not again.committed
     assert "img0001" in _gallery_images(store)
     fixed = _run(store, entries[:2] + [_entry(2, sha="b")] + entries[3:])
     assert fixed.reasons["changed"] == 1 and "img0002" in _gallery_images(store)
@@ -126,4 +126,4 @@ def test_interrupted_refresh_plans_the_same_segments(store):
     write_segment(plan.new[0].url, _fake_embed(plan.new[0].entries, {}))  # crash before the catalog commit
     rerun = plan_refresh(entries, version=VERSION, store_url=store, segment_size=2)
     assert [s.segment_id for s in rerun.new] == [s.segment_id for s in plan.new]
-    assert [s.committed for s in rerun.new] == [True, False, False]
+    assert rerun.committed == {plan.new[0].segment_id} and len(rerun.new) == 3

@@ -66,6 +66,7 @@ def test_refresh_builds_searchable_index_and_reuses_segments(prefect_server, tin
 
     second = catalogue_refresh(config)
     assert second["segments_reused"] == n_segments and second["segments_computed"] == 0
+    assert second["plan"]["skipped_bad_input"] == 2  # bad input waits for a new content hash
     assert second["build_id"] != first["build_id"] and second["n_boxes"] == first["n_boxes"]
 
 

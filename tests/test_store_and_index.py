@@ -69,13 +69,14 @@ def test_segment_round_trip_and_commit_marker(tmp_path, root):
 def test_plan_flags_committed_segments(tmp_path):
     store = str(tmp_path / "store")
     entries = _entries(10)
-    plans = plan_refresh(entries, version="v1", store_url=store, segment_size=4).new
+    first = plan_refresh(entries, version="v1", store_url=store, segment_size=4)
+    plans = first.new
     assert [len(p.entries) for p in plans] == [4, 4, 2]
-    assert not any(p.committed for p in plans)
+    assert not first.committed
     write_segment(plans[1].url, _segment(list(plans[1].entries)))
-    again = plan_refresh(list(reversed(entries)), version="v1", store_url=store, segment_size=4).new
-    assert [p.segment_id for p in again] == [p.segment_id for p in plans]
-    assert [p.committed for p in again] == [False, True, False]
+    again = plan_refresh(list(reversed(entries)), version="v1", store_url=store, segment_size=4)
+    assert [p.segment_id for p in again.new] == [p.segment_id for p in plans]
+    assert again.committed == {plans[1].segment_id}
     with pytest.raises(ValueError, match="segment_size"):
         plan_refresh(entries, version="v1", store_url=store, segment_size=0)
 

@@ -25,12 +25,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SegmentPlan:
-    """One segment of a refresh: its id, URL and images; ``committed`` when it exists already."""
+    """One segment of a refresh: its id, URL and images (none for a live segment kept as it is).
+
+    Exactly the inputs of the segment's task, so a task's cache key depends on nothing else.
+    """
 
     segment_id: str
     url: str
     entries: tuple[ManifestEntry, ...]
-    committed: bool
 
 
 @dataclass(frozen=True)
@@ -38,14 +40,15 @@ class RefreshPlan:
     """What a refresh does for one model version.
 
     ``live`` are segments of the catalog that stay live (reused as they are); ``new`` are segments to
-    compute (some may be committed already by an interrupted run); ``deleted`` are image ids to leave
-    out of the index; ``reasons`` counts why images are (re-)embedded or skipped.
+    compute, of which ``committed`` were committed already by an interrupted run; ``deleted`` are image
+    ids to leave out of the index; ``reasons`` counts why images are (re-)embedded or skipped.
     """
 
     version: str
     live: tuple[SegmentPlan, ...]
     new: tuple[SegmentPlan, ...]
     deleted: frozenset[str]
+    committed: frozenset[str] = frozenset()
     reasons: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -118,17 +121,18 @@ def plan_refresh(
     # a deleted id stays in the catalog while any live segment still holds an entry for it
     deleted = {i for s in live_ids for i in live.held.get(s, ()) if i in gone}
     reasons["deleted"] = len(deleted - catalog.deleted)
-    live_plans = tuple(SegmentPlan(s, segment_url(store_url, version, s), (), True) for s in live_ids)
+    live_plans = tuple(SegmentPlan(s, segment_url(store_url, version, s), ()) for s in live_ids)
     new_plans = []
     for start in range(0, len(todo), segment_size):
         chunk = todo[start : start + segment_size]
         chunk_entries = tuple(e for e, _ in chunk)
         seg_id = segment_id(version, chunk_entries, [prev for _, prev in chunk])
         url = segment_url(store_url, version, seg_id)
-        new_plans.append(SegmentPlan(seg_id, url, chunk_entries, is_committed(url)))
-    plan = RefreshPlan(version, live_plans, tuple(new_plans), frozenset(deleted), dict(reasons))
+        new_plans.append(SegmentPlan(seg_id, url, chunk_entries))
+    committed = frozenset(p.segment_id for p in new_plans if is_committed(p.url))
+    plan = RefreshPlan(version, live_plans, tuple(new_plans), frozenset(deleted), committed, dict(reasons))
     logger.info(
         "plan for %s: %d live segments kept, %d new segments (%d committed by an earlier run), %s",
-        version, len(live_plans), len(new_plans), sum(p.committed for p in new_plans), dict(reasons),
+        version, len(live_plans), len(new_plans), len(committed), dict(reasons),
     )
     return plan
