@@ -96,3 +96,41 @@ def test_demo_end_to_end_on_tiny_data(prefect_server, tiny_workdir, tiny_recipe,
     assert code == 0
     out = capsys.readouterr().out
     assert f"{query.stem}: category" in out and " 1. item p" in out
+
+
+def test_acc_gate_refuses_a_build_worse_than_the_serving_one(tiny_workdir, tmp_path):
+    """The library steps of a refresh without Prefect, with an evaluation split configured."""
+    from clothret import refresh
+    from clothret.errors import PublishRefused
+    from clothret.index.publish import build_url, current_build
+
+    manifest = str(tmp_path / "manifest.jsonl")
+    split = str(tiny_workdir / "data" / "validation")
+    build_catalogue(split, manifest)
+    config = RefreshConfig(
+        manifest_url=manifest, bundle_url=str(tiny_workdir / "models" / "bundle.yaml"),
+        store_url=str(tmp_path / "store"), index_url=str(tmp_path / "index"), segment_size=8,
+        device="cpu", eval_split_url=split, max_acc_drop=0.05,
+    )
+    plan = refresh.plan(config)
+    counts = [refresh.embed_segment(s, bundle_url=config.bundle_url, version=plan.version, device="cpu")
+              for s in plan.new]
+    refresh.commit_catalog(config, plan, [c["segment_id"] for c in counts])
+    first = refresh.build_and_publish(config, plan.version)
+    assert first["eval_split"] == split and 0.0 <= first["acc@1"] <= first["acc@10"] <= 1.0
+    assert "serving_acc@10" not in first  # nothing served before
+
+    # the serving build claims a far better Acc@10 on the same split: the next build is refused
+    manifest_file = tmp_path / "index" / "builds" / first["build_id"] / "manifest.json"
+    assert build_url(config.index_url, first["build_id"]) == str(manifest_file.parent)
+    on_disk = json.loads(manifest_file.read_text())
+    on_disk["acc@10"] = first["acc@10"] + 0.2
+    manifest_file.write_text(json.dumps(on_disk))
+    with pytest.raises(PublishRefused, match=rf"Acc@10 {first['acc@10']:.4f} .* {on_disk['acc@10']:.4f}"):
+        refresh.build_and_publish(config, plan.version)
+    assert current_build(config.index_url) == first["build_id"]
+
+    lenient = config.model_copy(update={"max_acc_drop": 0.5})
+    second = refresh.build_and_publish(lenient, plan.version)
+    assert second["serving_acc@10"] == pytest.approx(on_disk["acc@10"])
+    assert current_build(config.index_url) == second["build_id"]

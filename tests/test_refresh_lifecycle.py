@@ -42,6 +42,20 @@ def _task_states(flow_state) -> dict[str, str]:
     return {r.name[len(prefix):]: r.state.name for r in runs if r.name.startswith(prefix)}
 
 
+def _artifacts(flow_state) -> dict[str, object]:
+    """``{artifact type: data}`` of the artifacts a finished flow run created."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def read():
+        async with get_client() as client:
+            flow_run_id = flow_state.state_details.flow_run_id
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+    return {a.type: a.data for a in run_coro_as_sync(read())}
+
+
 def _run(flow, config):
     """Run a flow; returns its result and the states of its embed-segment tasks."""
     state = flow(config, return_state=True)
@@ -103,9 +117,13 @@ def test_refresh_add_delete_backfill_promote_rollback_on_s3(prefect_server, tiny
     config = _config(root, bundle)
     fs = fsspec.filesystem("s3")
 
-    # 1. first refresh: every segment computed
+    # 1. first refresh: every segment computed; progress, counts and summary shown in the UI
     write_manifest(entries[:-2], config.manifest_url)
-    first, states = _run(catalogue_refresh, config)
+    state = catalogue_refresh(config, return_state=True)
+    first, states = state.result(), _task_states(state)
+    artifacts = _artifacts(state)
+    assert set(artifacts) == {"progress", "table", "markdown"} and artifacts["progress"] == 100.0
+    assert "segments_computed" in str(artifacts["table"]) and first["build_id"] in artifacts["markdown"]
     n_first = -(-(len(entries) - 2) // 4)
     version = first["model_version"]
     assert first["segments_computed"] == n_first and set(states.values()) == {"Completed"} and len(states) == n_first
