@@ -47,6 +47,9 @@ class RefreshConfig(BaseModel):
         None, description="a split in the DeepFashion2 layout whose street images evaluate each build (Acc@k gate)"
     )
     max_acc_drop: float = Field(0.02, ge=0, le=1, description="largest Acc@10 drop against the serving build")
+    s3_block: str | None = Field(
+        None, description="name of a Prefect Secret block holding s3fs options as JSON (default: AWS_* environment)"
+    )
 
 
 def resolve_device(device: str) -> str:

@@ -22,7 +22,7 @@ def refresh_sequence(config: RefreshConfig, *, activate: bool, key: str) -> dict
     with dask.annotate(resources=task_resources()):
         futures = [
             embed_segment.with_options(refresh_cache=segment.segment_id not in plan.committed).submit(
-                segment, config.bundle_url, plan.version, config.device, config.batch_size
+                segment, config.bundle_url, plan.version, config.device, config.batch_size, config.s3_block
             )
             for segment in plan.new
         ]

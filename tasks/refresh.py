@@ -14,12 +14,14 @@ from clothret import refresh
 from clothret.pipeline.plan import RefreshPlan, SegmentPlan
 from clothret.refresh import RefreshConfig
 from tasks.retry import RETRY_OPTIONS
+from tasks.storage import use_s3_block
 
-SEGMENT_CACHE = TASK_SOURCE + (INPUTS - "bundle_url" - "device" - "batch_size")
+SEGMENT_CACHE = TASK_SOURCE + (INPUTS - "bundle_url" - "device" - "batch_size" - "s3_block")
 
 
 @task(name="plan-refresh", cache_policy=NO_CACHE, **RETRY_OPTIONS)
 def plan_refresh(config: RefreshConfig, activate: bool = True) -> RefreshPlan:
+    use_s3_block(config.s3_block)
     plan = refresh.plan(config, activate=activate)
     get_run_logger().info(
         "model version %s: %d live segments kept, %d segments to embed (%d images), %s",
@@ -35,7 +37,10 @@ def plan_refresh(config: RefreshConfig, activate: bool = True) -> RefreshPlan:
     persist_result=True,
     **RETRY_OPTIONS,
 )
-def embed_segment(segment: SegmentPlan, bundle_url: str, version: str, device: str, batch_size: int) -> dict:
+def embed_segment(
+    segment: SegmentPlan, bundle_url: str, version: str, device: str, batch_size: int, s3_block: str | None = None
+) -> dict:
+    use_s3_block(s3_block)
     logger = get_run_logger()
     step = max(1, len(segment.entries) // 10)
 
@@ -53,12 +58,14 @@ def embed_segment(segment: SegmentPlan, bundle_url: str, version: str, device: s
 
 @task(name="commit-catalog", cache_policy=NO_CACHE, **RETRY_OPTIONS)
 def commit_catalog(config: RefreshConfig, plan: RefreshPlan, done: list[str]) -> None:
+    use_s3_block(config.s3_block)
     catalog = refresh.commit_catalog(config, plan, done)
     get_run_logger().info("catalog: %d live segments, %d deleted images", len(catalog.segments), len(catalog.deleted))
 
 
 @task(name="publish-index", cache_policy=NO_CACHE, **RETRY_OPTIONS)
 def publish_index(config: RefreshConfig, version: str, activate: bool, counts: dict) -> dict:
+    use_s3_block(config.s3_block)
     manifest = refresh.build_and_publish(config, version, activate=activate, extra=counts)
     get_run_logger().info(
         "%s build %s: %d boxes from %d images, %s index, recall@10 %.3f",
