@@ -8,7 +8,7 @@ from clothret.index.gallery import gather_gallery
 from clothret.pipeline.plan import RefreshPlan, plan_refresh
 from clothret.pipeline.result import SegmentResult
 from clothret.store.catalog import read_catalog, write_catalog
-from clothret.store.feature_store import segment_url, write_segment
+from clothret.store.feature_store import write_segment
 
 VERSION = "v1"
 

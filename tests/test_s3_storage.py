@@ -10,35 +10,19 @@ import fsspec
 import fsspec.config
 import numpy as np
 import pytest
+from builders import manifest_entries, segment_result
 
-from clothret.datasets.catalogue import ManifestEntry, read_manifest, write_manifest
+from clothret.datasets.catalogue import read_manifest, write_manifest
 from clothret.pipeline.result import SegmentResult
 from clothret.storage import configure_s3, storage_options_from_env
 from clothret.store.feature_store import MARKER, is_committed, read_segment, segment_id, segment_url, write_segment
 
 
 def _entries(n, prefix="img"):
-    return [ManifestEntry(f"{prefix}{i:04d}", f"s3://shop/{i}.jpg", f"{i:064x}", f"item{i // 2}") for i in range(n)]
+    return manifest_entries(n, prefix, root="s3://shop")
 
 
-def _segment(entries, dim=8, seed=0):
-    """A small segment result (copied from test_store_and_index.py): the last image has one box."""
-    rng = np.random.default_rng(seed)
-    n = len(entries)
-    box_image = np.repeat(np.arange(n, dtype=np.int32), 2)[:-1]
-    feats = rng.normal(size=(len(box_image), dim)).astype(np.float32)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    status = ["ok"] * n
-    status[0] = "bad_input"
-    return SegmentResult(
-        image_ids=[e.image_id for e in entries], item_ids=[e.item_id for e in entries],
-        sha256=[e.sha256 for e in entries], status=status,
-        reasons=["corrupt"] + [""] * (n - 1), box_image=box_image,
-        boxes=rng.uniform(0, 100, size=(len(box_image), 4)).astype(np.float32),
-        scores=rng.uniform(size=len(box_image)).astype(np.float32),
-        categories=rng.integers(1, 14, size=len(box_image)).astype(np.int16),
-        features=feats.astype(np.float16), counts={"images": n, "boxes": len(box_image)},
-    )
+_segment = segment_result
 
 
 def _keys(bucket_url):

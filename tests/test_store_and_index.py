@@ -1,15 +1,14 @@
 import numpy as np
 import pytest
+from builders import manifest_entries, segment_result
 
-from clothret.datasets.catalogue import ManifestEntry
 from clothret.detection.types import Detections
 from clothret.index.build import build_index, exact_search
 from clothret.index.gallery import gather_gallery
-from clothret.index.publish import current_build, publish
+from clothret.index.publish import current_build
 from clothret.index.rebuild import rebuild_and_publish
 from clothret.index.search import SearchIndex, top_items
 from clothret.pipeline.plan import plan_refresh
-from clothret.pipeline.result import SegmentResult
 from clothret.store.feature_store import (
     committed_segments,
     is_committed,
@@ -21,26 +20,10 @@ from clothret.store.feature_store import (
 
 
 def _entries(n, prefix="img"):
-    return [ManifestEntry(f"{prefix}{i:04d}", f"/nowhere/{i}.jpg", f"{i:064x}", f"item{i // 2}") for i in range(n)]
+    return manifest_entries(n, prefix, root="/nowhere")
 
 
-def _segment(entries, dim=8, seed=0):
-    rng = np.random.default_rng(seed)
-    n = len(entries)
-    box_image = np.repeat(np.arange(n, dtype=np.int32), 2)[:-1]  # the last image has one box
-    feats = rng.normal(size=(len(box_image), dim)).astype(np.float32)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    status = ["ok"] * n
-    status[0] = "bad_input"
-    return SegmentResult(
-        image_ids=[e.image_id for e in entries], item_ids=[e.item_id for e in entries],
-        sha256=[e.sha256 for e in entries], status=status,
-        reasons=["corrupt"] + [""] * (n - 1), box_image=box_image,
-        boxes=rng.uniform(0, 100, size=(len(box_image), 4)).astype(np.float32),
-        scores=rng.uniform(size=len(box_image)).astype(np.float32),
-        categories=rng.integers(1, 14, size=len(box_image)).astype(np.int16),
-        features=feats.astype(np.float16), counts={"images": n, "boxes": len(box_image)},
-    )
+_segment = segment_result
 
 
 @pytest.mark.parametrize("root", ["local", "memory"])
