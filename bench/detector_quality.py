@@ -7,8 +7,9 @@
 Per-item recall: each detection is assigned to the ground-truth item of its image with the highest IoU
 (IoU > 0); an item is recalled when the highest-scoring detection assigned to it has the item's category
 and IoU >= 0.5. ``protocol`` recall is the DeepFashion2 retrieval protocol's looser form: the best-scoring
-assigned detection *of the item's category* has IoU >= 0.5. AP50 is VOC-style (all points), averaged over
-the categories present. The last line printed is one JSON object.
+assigned detection *of the item's category* has IoU >= 0.5. AP, AP50 and AP75 are COCO-style (pycocotools,
+:mod:`clothret.evaluation.detection_ap`). ``bench/detection.py`` compares three detector families and their
+fusion. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clothret.datasets.deepfashion2 import read_split  # noqa: E402
-from clothret.datasets.records import NUM_CATEGORIES, ImageRecord  # noqa: E402
+from clothret.datasets.records import ImageRecord  # noqa: E402
 from clothret.datasets.synthetic import SyntheticSizes, generate_dataset  # noqa: E402
 from clothret.detection.torchvision_backend import TorchvisionDetector, TorchvisionDetectorConfig  # noqa: E402
 from clothret.detection.training import DetectorTrainConfig, load_image, train_detector  # noqa: E402
 from clothret.detection.types import Detections  # noqa: E402
 from clothret.evaluation.boxes import iou_matrix  # noqa: E402
+from clothret.evaluation.detection_ap import detection_ap  # noqa: E402
 
 
 def item_recall(records: list[ImageRecord], detections: list[Detections]) -> dict[str, dict[str, float]]:
@@ -79,39 +81,6 @@ def top_confusions(records: list[ImageRecord], detections: list[Detections], n: 
                 if pred != item.category_id:
                     pairs[(item.category_id, pred)] = pairs.get((item.category_id, pred), 0) + 1
     return [(t, p, c) for (t, p), c in sorted(pairs.items(), key=lambda kv: -kv[1])[:n]]
-
-
-def ap50(records: list[ImageRecord], detections: list[Detections]) -> float:
-    """VOC all-point AP at IoU 0.5, averaged over categories with ground truth."""
-    aps = []
-    for cat in range(1, NUM_CATEGORIES + 1):
-        scored, n_gt = [], 0
-        for record, det in zip(records, detections):
-            gt = np.asarray([it.bbox for it in record.items if it.category_id == cat], np.float64).reshape(-1, 4)
-            n_gt += len(gt)
-            keep = np.nonzero(det.labels == cat)[0]
-            keep = keep[np.argsort(-det.scores[keep], kind="stable")]
-            used = np.zeros(len(gt), bool)
-            ious = iou_matrix(det.boxes[keep], gt) if len(gt) else np.zeros((len(keep), 0))
-            for row, k in enumerate(keep):
-                tp = False
-                if len(gt):
-                    j = int(np.argmax(np.where(used, -1.0, ious[row])))
-                    if not used[j] and ious[row, j] >= 0.5:
-                        used[j], tp = True, True
-                scored.append((float(det.scores[k]), tp))
-        if n_gt == 0:
-            continue
-        scored.sort(key=lambda s: -s[0])
-        tps = np.cumsum([s[1] for s in scored]) if scored else np.zeros(0)
-        recall = tps / n_gt
-        precision = tps / np.arange(1, len(tps) + 1)
-        mrec = np.concatenate([[0.0], recall, [1.0]])
-        mpre = np.concatenate([[0.0], precision, [0.0]])
-        mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-        steps = np.nonzero(mrec[1:] != mrec[:-1])[0]
-        aps.append(float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1])))
-    return float(np.mean(aps)) if aps else 0.0
 
 
 def _parse_sets(pairs: list[str]) -> tuple[dict, dict]:
@@ -182,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         infer_s = time.perf_counter() - t0
 
     recall = item_recall(val_records, detections)
+    ap = detection_ap(val_records, detections)
     result = {
         "model_config": model_config.model_dump(mode="json"),
         "train_config": train_config.model_dump(mode="json"),
@@ -199,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         "recall_user": round(recall.get("user", {}).get("recall", 0.0), 4),
         "protocol_recall_shop": round(recall.get("shop", {}).get("protocol_recall", 0.0), 4),
         "protocol_recall_user": round(recall.get("user", {}).get("protocol_recall", 0.0), 4),
-        "ap50": round(ap50(val_records, detections), 4),
+        "ap": round(ap["ap"], 4),
+        "ap50": round(ap["ap50"], 4),
+        "ap75": round(ap["ap75"], 4),
         "mean_detections": round(float(np.mean([len(d) for d in detections])), 1),
         "top_confusions": top_confusions(val_records, detections),
     }

@@ -3,6 +3,7 @@
     clothret demo                       synthetic catalogue → train → refresh → search → evaluate → report
     clothret synth --out DIR            synthetic data set in the DeepFashion2 layout
     clothret train --data DIR --out DIR train a detector and an embedder, write bundle.yaml
+    clothret train-detector --data DIR --out F.safetensors [--architecture fcos|retinanet|faster_rcnn] [--resume]
     clothret catalogue --split DIR --out manifest.jsonl
     clothret refresh --manifest M --bundle B --store S --index I [--retry-failed]
     clothret backfill --manifest M --bundle NEW --store S --index I   then: clothret promote --index I
@@ -95,6 +96,39 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     bundle = train_models(Path(args.data), Path(args.out), seed=args.seed)
     sys.stdout.write(f"bundle: {bundle}\n")
+    return 0
+
+
+def _parse_sets(pairs: list[str]) -> tuple[dict, dict]:
+    """``model.FIELD=VALUE`` / ``train.FIELD=VALUE`` overrides (VALUE parsed as JSON when it is JSON)."""
+    out: dict[str, dict] = {"model": {}, "train": {}}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        scope, _, field = key.partition(".")
+        if scope not in out or not field or not eq:
+            raise ValueError(f"--set wants model.FIELD=VALUE or train.FIELD=VALUE, got {pair!r}")
+        try:
+            out[scope][field] = json.loads(value)
+        except json.JSONDecodeError:
+            out[scope][field] = value
+    return out["model"], out["train"]
+
+
+def cmd_train_detector(args: argparse.Namespace) -> int:
+    from clothret.detection.train_job import TrainDetectorJob, run_train_job
+
+    model, train = _parse_sets(args.set)
+    for field, value in (("architecture", args.architecture), ("backbone", args.backbone)):
+        if value is not None:
+            model[field] = value
+    for field, value in (("steps", args.steps), ("epochs", args.epochs), ("batch_size", args.batch_size),
+                         ("lr", args.lr), ("seed", args.seed), ("num_threads", args.threads)):
+        if value is not None:
+            train[field] = value
+    train.setdefault("device", args.device)
+    job = TrainDetectorJob(data_url=args.data, weights_url=args.out, model=model, train=train, resume=args.resume)
+    metrics = run_train_job(job, progress=not args.no_progress)
+    sys.stdout.write(json.dumps(metrics) + "\n")
     return 0
 
 
@@ -226,6 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("train-detector", help="train one torchvision detector on a DeepFashion2-layout split")
+    p.add_argument("--data", required=True, help="a split (image/ + annos/) or a data set root holding train/")
+    p.add_argument("--out", required=True, help="weights file, FILE.safetensors (the model card goes to FILE.json)")
+    p.add_argument("--architecture", help="fcos, retinanet or faster_rcnn (default fcos)")
+    p.add_argument("--backbone", help="a torchvision trunk, e.g. resnet18, resnet50, mobilenet_v3_small (default resnet18)")
+    p.add_argument("--steps", type=int, help="optimiser steps (default 400)")
+    p.add_argument("--epochs", type=float, help="epochs instead of steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
+    p.add_argument("--set", action="append", default=[], metavar="SCOPE.FIELD=VALUE",
+                   help="any other setting, e.g. model.min_size=192 or train.ema_decay=0.999 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out (FILE.ckpt)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_train_detector)
 
     p = sub.add_parser("catalogue", help="write a gallery manifest")
     src = p.add_mutually_exclusive_group(required=True)

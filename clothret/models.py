@@ -20,27 +20,34 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Literal
-
 import fsspec
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clothret.detection.fusion import FusionConfig
+from clothret.detection.registry import check_backend, load_detector
 from clothret.weights import load_card
 
 logger = logging.getLogger(__name__)
 
 
 class DetectorEntry(BaseModel):
-    """One detector of the ensemble and its weight in weighted boxes fusion."""
+    """One detector of the ensemble and its weight in weighted boxes fusion.
+
+    ``backend`` names a registered detector backend (:mod:`clothret.detection.registry`).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
-    backend: Literal["torchvision"] = "torchvision"
+    backend: str = "torchvision"
     weights: str
     wbf_weight: float = Field(1.0, gt=0)
+
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, value: str) -> str:
+        return check_backend(value)
 
 
 class EmbedderEntry(BaseModel):
@@ -136,10 +143,9 @@ class LoadedModels:
 
 def load_models(bundle: ModelBundle, *, device: str = "cpu") -> LoadedModels:
     """Build every detector and embedder of a bundle from its weights."""
-    from clothret.detection.torchvision_backend import TorchvisionDetector
     from clothret.embedding.model import Embedder
 
-    detectors = [TorchvisionDetector.from_weights(d.weights, name=d.name, device=device) for d in bundle.detectors]
+    detectors = [load_detector(d, device=device) for d in bundle.detectors]
     embedders = [Embedder.from_weights(e.weights, name=e.name, device=device) for e in bundle.embedders]
     version = bundle.version()
     logger.info("loaded model version %s: %d detectors, %d embedders", version, len(detectors), len(embedders))

@@ -15,6 +15,7 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("CLOTHRET_DASK_WORKERS", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads made torch ~8x slower on a busy machine
 
 from pathlib import Path  # noqa: E402
 

@@ -141,3 +141,76 @@ def test_crop_boxes_clips_pads_and_keeps_one_pixel():
         crop_boxes(image, np.array([[0, 0, 2, 2]]), pad=-1)
     with pytest.raises(ValueError, match="shape"):
         crop_boxes(image, np.array([0, 0, 2, 2]))
+
+
+# What ensemble-boxes 1.0.9 does to the score of a box found by only some detectors (pinned, since the
+# retrieval gallery's box ranking depends on it): with weights w and a cluster of boxes with scores s_i from
+# detectors d_i, "avg" gives sum(s_i * w_di) / sum(w) (a box found by one of two equal detectors: half its
+# score), "max" gives max(s_i * w_di) / max(w), "box_and_model_avg" and "absent_model_aware_avg" give
+# sum(s_i * w_di) / sum(w) here too when each detector has one box in the cluster.
+@pytest.mark.parametrize(
+    ("conf_type", "agreeing", "alone"),
+    [
+        ("avg", (0.9 * 2 + 0.6) / 3, 0.8 * 1 / 3),
+        ("max", 0.9 * 2 / 2, 0.8 * 1 / 2),
+        ("box_and_model_avg", (0.9 * 2 + 0.6) / 3, 0.8 * 1 / 3),
+        ("absent_model_aware_avg", (0.9 * 2 + 0.6) / 3, 0.8 * 1 / 3),
+    ],
+)
+def test_partial_detections_scores_per_conf_type(conf_type, agreeing, alone):
+    a = det([[20, 10, 100, 60]], [0.9], [3])
+    b = det([[22, 12, 102, 62], [150, 50, 190, 95]], [0.6, 0.8], [3, 4])  # the second box only b finds
+    out = fuse_detections([a, b], image_size=SIZE, weights=[2.0, 1.0], config=CFG.model_copy(update={"conf_type": conf_type}))
+    by_label = dict(zip(out.labels.tolist(), out.scores.tolist()))
+    assert by_label == pytest.approx({3: agreeing, 4: alone}, abs=1e-6)
+    np.testing.assert_allclose(out.boxes[out.labels == 4][0], [150, 50, 190, 95], atol=1e-3)  # kept as it was
+
+
+def test_three_detectors_one_missing():
+    a = det([[20, 10, 100, 60]], [0.9], [1])
+    b = det([[20, 10, 100, 60]], [0.6], [1])
+    out = fuse_detections([a, b, Detections.empty()], image_size=SIZE, config=CFG)
+    assert len(out) == 1 and out.scores[0] == pytest.approx((0.9 + 0.6) / 3, abs=1e-6)  # the absent one counts as 0
+    np.testing.assert_allclose(out.boxes[0], [20, 10, 100, 60], atol=1e-3)
+
+
+def test_iou_thr_decides_whether_boxes_merge():
+    a = det([[0, 0, 100, 100]], [0.8], [1])
+    b = det([[0, 0, 100, 60]], [0.8], [1])  # IoU 0.6 with a
+    assert len(fuse_detections([a, b], image_size=(200, 200), config=CFG.model_copy(update={"iou_thr": 0.55}))) == 1
+    assert len(fuse_detections([a, b], image_size=(200, 200), config=CFG.model_copy(update={"iou_thr": 0.65}))) == 2
+
+
+def test_skip_box_thr_and_prefilter_use_the_raw_score():
+    a = det([[20, 10, 100, 60]], [0.3], [1])
+    b = det([[150, 50, 190, 95]], [0.5], [2])
+    for cfg in (CFG.model_copy(update={"skip_box_thr": 0.4}), CFG.model_copy(update={"score_prefilter": 0.4})):
+        out = fuse_detections([a, b], image_size=SIZE, weights=[3.0, 1.0], config=cfg)
+        assert out.labels.tolist() == [2]  # a's 0.3 is dropped although 0.3 * weight 3 > 0.4
+        assert out.scores.tolist() == pytest.approx([0.5 / 4])
+
+
+def test_min_box_size_drops_small_boxes_before_and_after_fusion():
+    big = det([[20, 10, 100, 60]], [0.9], [1])
+    thin = det([[20, 10, 100, 13]], [0.9], [1])  # 80 x 3 px: dropped before fusion, so it cannot shrink big
+    out = fuse_detections([big, thin], image_size=SIZE, config=CFG.model_copy(update={"min_box_size": 4.0}))
+    assert len(out) == 1
+    np.testing.assert_allclose(out.boxes[0], [20, 10, 100, 60], atol=1e-3)
+    assert out.scores[0] == pytest.approx(0.45)
+    assert len(fuse_detections([thin], image_size=SIZE, config=CFG.model_copy(update={"min_box_size": 4.0}))) == 0
+    assert len(fuse_detections([thin], image_size=SIZE, config=CFG.model_copy(update={"min_box_size": 3.0}))) == 1
+
+
+def test_cap_keeps_the_best_fused_boxes_per_image():
+    rng = np.random.default_rng(0)
+    per_detector = []
+    for d in range(3):
+        boxes = [[30 * i + d, 5 + d, 30 * i + 25 + d, 40 + d] for i in range(6)]  # 6 objects, 3 detectors agree
+        per_detector.append(det(boxes, rng.uniform(0.2, 1.0, 6), [1 + i % 2 for i in range(6)]))
+    full = fuse_detections(per_detector, image_size=SIZE, config=CFG)
+    assert len(full) == 6
+    for cap in (1, 3, 6):
+        capped = fuse_detections(per_detector, image_size=SIZE, config=CFG.model_copy(update={"max_boxes_per_image": cap}))
+        np.testing.assert_allclose(capped.scores, full.scores[:cap])
+        np.testing.assert_allclose(capped.boxes, full.boxes[:cap])
+    assert np.all(np.diff(full.scores) <= 0)

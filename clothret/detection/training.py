@@ -45,8 +45,10 @@ class DetectorTrainConfig(BaseModel):
     batch); ``color_jitter`` is the strength of random brightness, contrast and saturation changes.
     With ``ema_decay``, the saved weights are an exponential moving average of the trained ones (the
     decay ramps up as ``(1 + step) / (10 + step)`` until it reaches ``ema_decay``).
-    ``amp`` (bfloat16 autocast) is used only on CUDA. ``num_threads`` sets torch's CPU threads for the
-    run (``None``: leave as is).
+    ``amp`` is used only on CUDA: bfloat16 autocast, or float16 autocast with a gradient scaler on GPUs
+    without bfloat16; the CPU always trains in float32. ``device`` is ``cpu``, ``cuda[:N]`` or ``auto``
+    (CUDA when torch sees a GPU). ``num_threads`` sets torch's CPU threads for the run (``None``: leave
+    as is).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -66,7 +68,7 @@ class DetectorTrainConfig(BaseModel):
     scale_range: tuple[float, float] = (0.8, 1.2)
     ema_decay: float | None = Field(None, gt=0, lt=1)
     amp: bool = True
-    device: str = "cpu"
+    device: str = "auto"
     checkpoint_every: int = Field(100, ge=0)
 
     @model_validator(mode="after")
@@ -222,10 +224,15 @@ def _save_checkpoint(url: str, state: dict) -> None:
     logger.debug("checkpoint at step %d written to %s", state["step"], url)
 
 
-def _load_checkpoint(url: str, model_key: dict, train_key: dict) -> dict | None:
+def _exists(url: str) -> bool:
     fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
+    return bool(fs.exists(path))
+
+
+def _load_checkpoint(url: str, model_key: dict, train_key: dict) -> dict | None:
+    if not _exists(url):
         return None
+    fs, path = fsspec.core.url_to_fs(url)
     with fs.open(path, "rb") as f:
         state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     if state.get("model_config") != model_key or state.get("train_config") != train_key:
@@ -237,6 +244,19 @@ def _load_checkpoint(url: str, model_key: dict, train_key: dict) -> dict | None:
 # --------------------------------------------------------------------------------------------- training
 
 
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when torch sees a GPU, else the CPU; ``cuda`` without a GPU raises ``ValueError``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device is {device!r} but CUDA is not available; use cpu or auto")
+    return resolved
+
+
 def train_detector(
     records: Sequence[ImageRecord],
     *,
@@ -244,9 +264,12 @@ def train_detector(
     train_config: DetectorTrainConfig,
     weights_url: str,
     progress: bool = True,
+    resume: bool = True,
 ) -> dict:
     """Train a detector on ``records`` and write its weights and model card to ``weights_url``.
 
+    With ``resume``, a checkpoint beside ``weights_url`` written for the same model and training config
+    is continued; without, training starts from step 0 (and overwrites that checkpoint).
     Returns ``{"steps", "seconds", "images_per_s", "final_loss", "final_loss_parts", "resumed_from"}``
     (losses are means over the last 20 steps); ``seconds`` is the time spent in optimiser steps of this
     call (decoding the images is not counted).
@@ -254,16 +277,21 @@ def train_detector(
     if not records:
         raise ValueError("records is empty: nothing to train on")
     ckpt_url = checkpoint_url(weights_url)
-    device = torch.device(train_config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train_config.device is {train_config.device!r} but CUDA is not available")
+    device = resolve_device(train_config.device)
     old_threads = torch.get_num_threads()
     if train_config.num_threads is not None:
         torch.set_num_threads(train_config.num_threads)
     try:
-        return _train(records, model_config, train_config, weights_url, ckpt_url, device, progress)
+        return _train(records, model_config, train_config, weights_url, ckpt_url, device, progress, resume)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """The autocast dtype on CUDA (bfloat16 where supported, else float16), ``None`` for float32."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _train(
@@ -274,6 +302,7 @@ def _train(
     ckpt_url: str,
     device: torch.device,
     progress: bool,
+    resume: bool,
 ) -> dict:
     samples = _Samples(records, model_config.num_classes, progress)
     n = len(samples)
@@ -286,19 +315,26 @@ def _train(
     model = build_detector_model(model_config).to(device)
     optimizer = _make_optimizer(model, train_config)
     ema = _Ema(model, train_config.ema_decay) if train_config.ema_decay else None
+    amp_dtype = _amp_dtype(device, train_config.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     start, loss_history = 0, []
-    state = _load_checkpoint(ckpt_url, model_key, train_key)
+    state = _load_checkpoint(ckpt_url, model_key, train_key) if resume else None
+    if not resume and _exists(ckpt_url):
+        logger.info("not resuming: training %s from step 0 (checkpoint %s will be overwritten)", weights_url, ckpt_url)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.model.load_state_dict(state["ema"])
+        if scaler.is_enabled() and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start, loss_history = int(state["step"]), list(state["loss_history"])
         logger.info("resuming training from %s at step %d/%d", ckpt_url, start, total)
 
     lo, hi = train_config.scale_range
     base_min = model.transform.min_size
-    use_amp = train_config.amp and device.type == "cuda"
+    if amp_dtype is not None:
+        logger.info("mixed precision on %s: %s autocast%s", device, amp_dtype, " + gradient scaler" * scaler.is_enabled())
     orders: dict[int, torch.Tensor] = {}
     recent_parts: dict[str, list[float]] = {}
     model.train()
@@ -319,16 +355,18 @@ def _train(
                 targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
             for group in optimizer.param_groups:
                 group["lr"] = train_config.lr * _lr_factor(step, total, train_config.warmup_steps)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 losses = model(images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss is {loss.item()} at step {step}: lower lr ({train_config.lr})")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if train_config.grad_clip is not None:
+                scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             if ema is not None:
                 ema.update(model, step)
             loss_history.append(float(loss.detach()))
@@ -346,6 +384,7 @@ def _train(
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         **({"ema": ema.model.state_dict()} if ema is not None else {}),
+                        **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
                         "step": done,
                         "loss_history": loss_history,
                         "model_config": model_key,
@@ -393,4 +432,4 @@ def _train(
     return metrics
 
 
-__all__ = ["DEFAULT_STEPS", "DetectorTrainConfig", "checkpoint_url", "load_image", "train_detector"]
+__all__ = ["DEFAULT_STEPS", "DetectorTrainConfig", "checkpoint_url", "load_image", "resolve_device", "train_detector"]
