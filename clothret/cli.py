@@ -4,6 +4,8 @@
     clothret synth --out DIR            synthetic data set in the DeepFashion2 layout
     clothret train --data DIR --out DIR train a detector and an embedder, write bundle.yaml
     clothret train-detector --data DIR --out F.safetensors [--architecture fcos|retinanet|faster_rcnn] [--resume]
+    clothret train-mmdet --data DIR --out F.safetensors [--config mmdet::atss/atss_r50_fpn_1x_coco.py]
+    clothret import-mmdet --config CFG --checkpoint CKPT --out F.safetensors   a model-zoo detector for a bundle
     clothret catalogue --split DIR --out manifest.jsonl
     clothret refresh --manifest M --bundle B --store S --index I [--retry-failed]
     clothret backfill --manifest M --bundle NEW --store S --index I   then: clothret promote --index I
@@ -236,6 +238,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_mmdet(args: argparse.Namespace) -> int:
+    from clothret.detection.mmdet_training import MMDetTrainConfig, train_mmdet_detector
+
+    config = MMDetTrainConfig(config=args.config, max_iters=args.iters, batch_size=args.batch_size, lr=args.lr,
+                              image_scale=(args.image_size, args.image_size))
+    work_dir = args.work_dir or str(Path(args.out).with_suffix("")) + "-work"
+    digest = train_mmdet_detector(args.data, args.out, config, work_dir=work_dir)
+    sys.stdout.write(f"{args.out} (sha256 {digest[:12]}); runner checkpoints in {work_dir}\n")
+    return 0
+
+
+def cmd_import_mmdet(args: argparse.Namespace) -> int:
+    from clothret.detection.mmdet_backend import MMDetDetector, detector_config, save_mmdet_weights
+
+    detector = MMDetDetector.from_checkpoint(args.config, args.checkpoint, name=Path(args.out).stem)
+    digest = save_mmdet_weights(detector, detector_config(args.config), args.out,
+                                card={"imported_from": args.checkpoint})
+    sys.stdout.write(f"{args.out} (sha256 {digest[:12]})\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clothret", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -260,6 +283,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("train-mmdet", help="train an mmdetection detector through its runner (needs `make mmdet`)")
+    p.add_argument("--data", required=True, help="a split in the DeepFashion2 layout (image/ + annos/)")
+    p.add_argument("--out", required=True, help="weights file, FILE.safetensors (the card holds the config)")
+    p.add_argument("--config", default="mmdet::atss/atss_r50_fpn_1x_coco.py", help="mmdetection config")
+    p.add_argument("--iters", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--image-size", type=int, default=512)
+    p.add_argument("--work-dir", help="runner work folder (checkpoints to resume from); default next to --out")
+    p.set_defaults(fn=cmd_train_mmdet)
+
+    p = sub.add_parser("import-mmdet", help="an mmdetection config + checkpoint as bundle weights (needs `make mmdet`)")
+    p.add_argument("--config", required=True, help="mmdetection config (mmdet::dir/file.py for a bundled one)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (loaded by mmdetection's init_detector)")
+    p.add_argument("--out", required=True, help="weights file, FILE.safetensors")
+    p.set_defaults(fn=cmd_import_mmdet)
 
     p = sub.add_parser("train-detector", help="train one torchvision detector on a DeepFashion2-layout split")
     p.add_argument("--data", required=True, help="a split (image/ + annos/) or a data set root holding train/")
@@ -345,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         return args.fn(args)
-    except (FileNotFoundError, ValueError, PublishRefused, SegmentsFailed) as exc:
+    except (FileNotFoundError, ValueError, ImportError, PublishRefused, SegmentsFailed) as exc:
         logger.error("%s", exc)
         return 2
 

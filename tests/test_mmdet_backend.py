@@ -1,6 +1,8 @@
 """The mmdetection backend: the paper's detectors from mmdetection's configs, training through its runner,
 loading from a model bundle. Skipped, with the reason, where mmdetection is not installed (`make mmdet`)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -52,12 +54,34 @@ def test_trained_through_the_runner_then_loaded_from_a_bundle(tiny_workdir, tmp_
     card = load_card(weights)
     assert card["backend"] == "mmdet" and card["iterations"] == 4 and "RetinaNet" in card["mmdet_config"]
     assert list((tmp_path / "work").glob("iter_4.pth"))  # the runner's own checkpoint, to resume from
+    logged = [json.loads(line) for f in sorted((tmp_path / "work").glob("*/vis_data/scalars.json"))
+              for line in f.read_text().splitlines()]
+    assert [r["iter"] for r in logged] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in logged)
+
+    # a longer run in the same work folder resumes from the runner's checkpoint
+    longer = config.model_copy(update={"max_iters": 6})
+    train_mmdet_detector(str(tiny_workdir / "data" / "train"), weights, longer, work_dir=str(tmp_path / "work"))
+    logged = [json.loads(line) for f in sorted((tmp_path / "work").glob("*/vis_data/scalars.json"))
+              for line in f.read_text().splitlines()]
+    assert [r["iter"] for r in logged] == [1, 2, 3, 4, 5, 6]
 
     detector = MMDetDetector.from_weights(weights, name="retinanet")
     state, _ = load_weights(weights)
     loaded = detector.model.state_dict()
     assert all(torch.equal(loaded[k].cpu(), v) for k, v in state.items())
     assert len(detector.detect(_images())) == 2
+
+    # a checkpoint as mmdetection's model zoo publishes it (state dict + plain meta) imports weights-only
+    from clothret.cli import main
+    from clothret.datasets.records import CATEGORIES
+
+    zoo = tmp_path / "zoo.pth"
+    torch.save({"state_dict": detector.model.state_dict(),
+                "meta": {"dataset_meta": {"classes": list(CATEGORIES)}, "mmdet_version": "3.3.0"}}, zoo)
+    imported = str(tmp_path / "imported.safetensors")
+    assert main(["import-mmdet", "--config", config.config, "--checkpoint", str(zoo), "--out", imported]) == 0
+    again, _ = load_weights(imported)
+    assert all(torch.equal(again[k], v) for k, v in state.items())
 
     # an ensemble of a torchvision and an mmdetection detector, fused, from one bundle
     tiny = load_bundle(str(tiny_workdir / "models" / "bundle.yaml"))

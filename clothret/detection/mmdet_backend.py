@@ -13,6 +13,7 @@ the full mmdetection config, which is what a model bundle names (backend ``mmdet
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,9 @@ class MMDetDetector:
         state, card = load_weights(weights_url)
         if card.get("backend") != "mmdet" or "mmdet_config" not in card:
             raise ValueError(f"{weights_url} is not an mmdetection detector's weights (card backend {card.get('backend')!r})")
-        model = init_detector(Config.fromstring(card["mmdet_config"], ".py"), None, device=device)
+        with warnings.catch_warnings():  # "checkpoint is None, use COCO classes": the classes are set below
+            warnings.simplefilter("ignore", UserWarning)
+            model = init_detector(Config.fromstring(card["mmdet_config"], ".py"), None, device=device)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{weights_url} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -8,10 +8,12 @@ safetensors + model card (with the full config), ready for a model bundle.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -95,6 +97,27 @@ def training_config(config: MMDetTrainConfig, annotation_file: str, work_dir: st
     return cfg
 
 
+@contextlib.contextmanager
+def _unpickling_own_checkpoints(enabled: bool) -> Iterator[None]:
+    """Let mmengine resume from the checkpoints in our own work folder.
+
+    They hold the runner's logging state as pickled objects, which ``torch.load``'s weights-only default
+    refuses. They were written by this code into its private work folder, so for the run only (and only
+    when resuming) torch may unpickle them; model-zoo checkpoints still load weights-only.
+    """
+    name = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+    previous = os.environ.get(name)
+    if enabled:
+        os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 def train_mmdet_detector(split_url: str, weights_url: str, config: MMDetTrainConfig, *, work_dir: str) -> str:
     """Train on every image of a split, write safetensors + card to ``weights_url``; returns its sha256."""
     require_mmdet()
@@ -108,7 +131,8 @@ def train_mmdet_detector(split_url: str, weights_url: str, config: MMDetTrainCon
     Path(annotation_file).write_text(json.dumps(coco_annotations(records)))
     cfg = training_config(config, annotation_file, work_dir)
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    with _unpickling_own_checkpoints(cfg.resume):
+        runner.train()
     model = runner.model.module if hasattr(runner.model, "module") else runner.model
     model.eval()
     detector = MMDetDetector(model, name=Path(weights_url).stem)
