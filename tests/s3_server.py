@@ -55,6 +55,7 @@ def s3_endpoint() -> Iterator[str]:
     try:
         yield url
     finally:
+        _close_sessions()
         S3FileSystem.clear_instance_cache()
         if saved_conf is None:
             fsspec.config.conf.pop("s3", None)
@@ -67,6 +68,25 @@ def s3_endpoint() -> Iterator[str]:
                 os.environ[name] = value
         server.stop()
         werkzeug_log.setLevel(old_level)
+
+
+def _close_sessions() -> None:
+    """Close the aiohttp sessions of cached s3fs instances while their loops still run (quiet exit)."""
+    from fsspec.asyn import sync
+    from s3fs import S3FileSystem
+
+    from zarr.core.sync import sync as zarr_sync
+
+    for fs in list(S3FileSystem._cache.values()):
+        if getattr(fs, "_s3", None) is None:
+            continue
+        try:
+            if fs.asynchronous:  # zarr's instances: their session lives on zarr's own event loop
+                zarr_sync(fs._s3.__aexit__(None, None, None))
+            else:
+                sync(fs.loop, fs._s3.__aexit__, None, None, None, timeout=5)
+        except Exception:  # noqa: BLE001 - best effort at teardown
+            pass
 
 
 @pytest.fixture
