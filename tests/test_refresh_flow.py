@@ -90,6 +90,13 @@ def test_demo_end_to_end_on_tiny_data(prefect_server, tiny_workdir, tiny_recipe,
     submission = json.loads((workdir / "submission.json").read_text())
     assert submission and len(submission[0]["gallery_image_id"]) == min(20, summary["n_gallery_boxes"])
 
+    from clothret.evaluation.split import EvaluateConfig
+    from flows.evaluate import evaluate
+
+    scores = evaluate(EvaluateConfig(split_url=str(workdir / "data" / "validation"),
+                                     bundle_url=str(workdir / "models" / "bundle.yaml"), index_url=str(workdir / "index")))
+    assert scores["acc@10"] == pytest.approx(summary["acc@10"]) and scores["build_id"] == summary["index_build"]
+
     query = sorted((workdir / "data" / "validation" / "image").iterdir())[-1]
     code = main(["search", str(query), "--bundle", str(workdir / "models" / "bundle.yaml"),
                  "--index", str(workdir / "index"), "--top", "3"])
