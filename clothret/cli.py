@@ -53,8 +53,25 @@ def _run_flow(name: str, *args, **kwargs):
 
 
 def _run_refresh_flow(config):
-    """Run the catalogue-refresh flow (the demo injects this)."""
-    return _run_flow("catalogue_refresh:catalogue_refresh", config)
+    """The demo's refresh: the catalogue-refresh flow or, when the demo's models changed since its index was
+    built, a backfill of the new model version and its promotion, as a data engineer switches versions."""
+    from clothret.models import load_bundle
+    from clothret.refresh import serving_version
+    from flows.local_api import prefect_api
+
+    version = load_bundle(config.bundle_url).version()
+    with prefect_api():
+        if serving_version(config.index_url) in (None, version):
+            from flows.catalogue_refresh import catalogue_refresh
+
+            return catalogue_refresh(config)
+        from flows.backfill import backfill
+        from flows.promote import promote
+
+        logger.info("the demo's models changed (version %s): backfill, then promote", version)
+        build = backfill(config)
+        promote(config.index_url, build["build_id"])
+        return {**build, "active": True}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

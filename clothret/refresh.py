@@ -61,17 +61,20 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def serving_version(index_url: str) -> str | None:
+    """The model version of the build the index serves, or ``None`` when nothing serves yet."""
+    serving = current_build(index_url)
+    return None if serving is None else read_build_manifest(index_url, serving).get("model_version")
+
+
 def check_serving_version(index_url: str, version: str) -> None:
     """Refuse to publish-and-serve a build of another model version than the serving one."""
-    serving = current_build(index_url)
-    if serving is None:
-        return
-    serving_version = read_build_manifest(index_url, serving).get("model_version")
-    if serving_version != version:
+    current = serving_version(index_url)
+    if current is not None and current != version:
         raise ValueError(
-            f"index {index_url} serves model version {serving_version} (build {serving}) but this refresh uses "
-            f"version {version}: run the backfill flow with the new bundle and promote its build, or refresh with "
-            f"the serving bundle"
+            f"index {index_url} serves model version {current} (build {current_build(index_url)}) but this "
+            f"refresh uses version {version}: run the backfill flow with the new bundle and promote its build, or "
+            f"refresh with the serving bundle"
         )
 
 

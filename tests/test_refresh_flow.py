@@ -97,6 +97,14 @@ def test_demo_end_to_end_on_tiny_data(prefect_server, tiny_workdir, tiny_recipe,
                                      bundle_url=str(workdir / "models" / "bundle.yaml"), index_url=str(workdir / "index")))
     assert scores["acc@10"] == pytest.approx(summary["acc@10"]) and scores["build_id"] == summary["index_build"]
 
+    # the demo's models change (another embedder recipe): its index switches version by backfill + promote
+    recipe = {**tiny_recipe, "embedder_overrides": {**tiny_recipe["embedder_overrides"], "steps": 9}}
+    changed = run_demo(workdir, _run_refresh_flow, segment_size=8, **recipe)
+    assert changed["model_version"] != summary["model_version"]
+    assert SearchIndex.load(str(workdir / "index")).version == changed["model_version"]
+    summary = run_demo(workdir, _run_refresh_flow, segment_size=8, **recipe)  # and the plain refresh again
+    assert summary["model_version"] == changed["model_version"]
+
     query = sorted((workdir / "data" / "validation" / "image").iterdir())[-1]
     code = main(["search", str(query), "--bundle", str(workdir / "models" / "bundle.yaml"),
                  "--index", str(workdir / "index"), "--top", "3"])
