@@ -48,8 +48,10 @@ DEMO_EMBEDDER: dict = {
 }
 """Embedder training for the demo: a narrow ResNet-10 at 48 px, ~1-2 minutes on 2 cores."""
 
-DEMO_FUSION: dict = {"iou_thr": 0.55, "score_prefilter": 0.1, "max_boxes_per_image": 5}
-"""Fusion for the demo: at most 5 boxes per image keeps the gallery small (the paper capped boxes too)."""
+DEMO_FUSION: dict = {"iou_thr": 0.55, "score_prefilter": 0.1, "max_boxes_per_image": 10, "conf_type": "max"}
+"""Fusion for the demo: a fused box scores its best member (``max``; the default ``avg`` averages it with the
+detector's weaker overlapping boxes) and at most 10 boxes per image bound the gallery (the paper capped boxes
+too). On the demo's models: avg/5 boxes Acc@1 0.601, Acc@10 0.731; max/5 0.642, 0.769; max/10 0.666, 0.822."""
 
 
 def _fingerprint(obj: object) -> str:
