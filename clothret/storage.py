@@ -68,7 +68,28 @@ def configure_s3(endpoint_url: str | None = None, *, export: bool = True, **opti
 
 
 def clear_s3_cache() -> None:
-    """Forget cached s3fs filesystem instances (and with them their listings) in this process."""
+    """Close and forget the cached s3fs filesystem instances (and their listings) of this process."""
     from s3fs import S3FileSystem
 
+    close_s3_sessions()
     S3FileSystem.clear_instance_cache()
+
+
+def close_s3_sessions() -> None:
+    """Close the HTTP sessions of cached s3fs instances while their event loops still run, so none is
+    left for the interpreter's exit to complain about ("Unclosed client session")."""
+    from fsspec.asyn import sync
+    from s3fs import S3FileSystem
+    from zarr.core.sync import sync as zarr_sync
+
+    for fs in list(S3FileSystem._cache.values()):
+        if getattr(fs, "_s3", None) is None:
+            continue
+        try:
+            if fs.asynchronous:  # zarr's instances: their session lives on zarr's own event loop
+                zarr_sync(fs._s3.__aexit__(None, None, None))
+            else:
+                sync(fs.loop, fs._s3.__aexit__, None, None, None, timeout=5)
+        except Exception as exc:  # noqa: BLE001 - closing is best effort
+            logger.debug("could not close an s3fs session: %r", exc)
+        fs._s3 = None

@@ -33,7 +33,7 @@ def s3_endpoint() -> Iterator[str]:
     except ImportError as exc:
         pytest.skip(f"S3 tests need moto[server] (pip install 'moto[server]>=5'): {exc}")
     import fsspec.config
-    from s3fs import S3FileSystem
+    from clothret.storage import clear_s3_cache
 
     werkzeug_log = logging.getLogger("werkzeug")
     old_level = werkzeug_log.level
@@ -51,12 +51,11 @@ def s3_endpoint() -> Iterator[str]:
     os.environ.update(S3_ENV, AWS_ENDPOINT_URL=url, FSSPEC_S3_ENDPOINT_URL=url)
     # fsspec read FSSPEC_S3_* when it was imported; apply them to this process's conf too.
     fsspec.config.conf["s3"] = {**(saved_conf or {}), "endpoint_url": url, "use_listings_cache": False}
-    S3FileSystem.clear_instance_cache()
+    clear_s3_cache()
     try:
         yield url
     finally:
-        _close_sessions()
-        S3FileSystem.clear_instance_cache()
+        clear_s3_cache()
         if saved_conf is None:
             fsspec.config.conf.pop("s3", None)
         else:
@@ -68,25 +67,6 @@ def s3_endpoint() -> Iterator[str]:
                 os.environ[name] = value
         server.stop()
         werkzeug_log.setLevel(old_level)
-
-
-def _close_sessions() -> None:
-    """Close the aiohttp sessions of cached s3fs instances while their loops still run (quiet exit)."""
-    from fsspec.asyn import sync
-    from s3fs import S3FileSystem
-
-    from zarr.core.sync import sync as zarr_sync
-
-    for fs in list(S3FileSystem._cache.values()):
-        if getattr(fs, "_s3", None) is None:
-            continue
-        try:
-            if fs.asynchronous:  # zarr's instances: their session lives on zarr's own event loop
-                zarr_sync(fs._s3.__aexit__(None, None, None))
-            else:
-                sync(fs.loop, fs._s3.__aexit__, None, None, None, timeout=5)
-        except Exception:  # noqa: BLE001 - best effort at teardown
-            pass
 
 
 @pytest.fixture

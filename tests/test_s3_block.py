@@ -11,6 +11,7 @@ def test_secret_block_configures_s3(prefect_server, s3_endpoint, monkeypatch):
     import s3fs
     from prefect.blocks.system import Secret
 
+    from clothret.storage import clear_s3_cache
     from tasks.storage import use_s3_block
 
     saved = dict(fsspec.config.conf.get("s3", {}))
@@ -20,7 +21,7 @@ def test_secret_block_configures_s3(prefect_server, s3_endpoint, monkeypatch):
     for name in ("AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name, raising=False)
     fsspec.config.conf["s3"] = {}
-    s3fs.S3FileSystem.clear_instance_cache()
+    clear_s3_cache()
     try:
         Secret(value=json.dumps({"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"})).save(
             "clothret-s3-test", overwrite=True
@@ -35,4 +36,4 @@ def test_secret_block_configures_s3(prefect_server, s3_endpoint, monkeypatch):
         use_s3_block(None)  # no block: nothing changes
     finally:
         fsspec.config.conf["s3"] = saved
-        s3fs.S3FileSystem.clear_instance_cache()
+        clear_s3_cache()
