@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from clothret.datasets.catalogue import read_manifest
+from clothret.devices import resolve_device
 from clothret.errors import PublishRefused
 from clothret.evaluation.split import evaluate_split
 from clothret.index.config import IndexConfig
@@ -50,15 +51,6 @@ class RefreshConfig(BaseModel):
     s3_block: str | None = Field(
         None, description="name of a Prefect Secret block holding s3fs options as JSON (default: AWS_* environment)"
     )
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def serving_version(index_url: str) -> str | None:
@@ -106,7 +98,7 @@ def embed_segment(
     if is_committed(segment.url):
         logger.info("segment %s is committed already: reused", segment.segment_id)
         return {**base, "computed": False}
-    models = cached_models(bundle_url, version, resolve_device(device))
+    models = cached_models(bundle_url, version, str(resolve_device(device)))
     result = run_segment(segment.entries, models, batch_size=batch_size, on_progress=on_progress)
     counts = write_segment(segment.url, result)
     failed = {
@@ -182,7 +174,7 @@ def build_and_publish(
         **(extra or {}),
     }
     if config.eval_split_url:
-        models = cached_models(config.bundle_url, version, resolve_device(config.device))
+        models = cached_models(config.bundle_url, version, str(resolve_device(config.device)))
         run = evaluate_split(config.eval_split_url, models, SearchIndex(index, gallery, manifest))
         manifest.update(_acc_gate(config, run.scores))
     build_id = publish(config.index_url, index, gallery, manifest, activate=activate)

@@ -13,13 +13,13 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from clothret.datasets.deepfashion2 import read_split
-from clothret.datasets.records import CATEGORIES, ImageRecord
+from clothret.datasets.coco import coco_detection_dict
 from clothret.detection.mmdet_backend import MMDetDetector, detector_config, require_mmdet, save_mmdet_weights
 
 logger = logging.getLogger(__name__)
@@ -36,26 +36,6 @@ class MMDetTrainConfig(BaseModel):
     batch_size: int = Field(4, ge=1)
     lr: float = Field(0.01, gt=0)
     seed: int = 0
-
-
-def coco_annotations(records: Sequence[ImageRecord]) -> dict:
-    """A COCO detection file for the records (absolute image paths as file names)."""
-    from PIL import Image
-
-    images, annotations = [], []
-    for i, record in enumerate(records, start=1):
-        with Image.open(record.path) as img:
-            width, height = img.size
-        images.append({"id": i, "file_name": record.path, "width": width, "height": height})
-        for item in record.items:
-            x1, y1, x2, y2 = (float(v) for v in item.bbox)
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": i, "category_id": int(item.category_id),
-                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
-                "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]],
-            })
-    categories = [{"id": i, "name": name} for i, name in enumerate(CATEGORIES, start=1)]
-    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def _set_resize_scale(pipeline: list, scale: tuple[int, int]) -> None:
@@ -128,7 +108,7 @@ def train_mmdet_detector(split_url: str, weights_url: str, config: MMDetTrainCon
         raise ValueError(f"split {split_url} has no annotated images to train a detector on")
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     annotation_file = str(Path(work_dir) / "annotations.coco.json")
-    Path(annotation_file).write_text(json.dumps(coco_annotations(records)))
+    Path(annotation_file).write_text(json.dumps(coco_detection_dict(records, image_sizes=True)))
     cfg = training_config(config, annotation_file, work_dir)
     runner = Runner.from_cfg(cfg)
     with _unpickling_own_checkpoints(cfg.resume):

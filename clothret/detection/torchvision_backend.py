@@ -241,34 +241,27 @@ def _foreground_ce(
     return nn.functional.cross_entropy(torch.cat(logits).float(), torch.cat(labels))
 
 
-class _FCOSHead(FCOSHead):
+class _ForegroundCE:
+    """Mixin for torchvision's FCOS and RetinaNet heads: an optional foreground cross-entropy term."""
+
+    def __init__(self, *args, class_ce_weight: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.class_ce_weight = class_ce_weight
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):  # type: ignore[override]
+        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        if self.class_ce_weight > 0:
+            ce = _foreground_ce(targets, head_outputs["cls_logits"], matched_idxs)
+            losses["classification_ce"] = self.class_ce_weight * ce
+        return losses
+
+
+class _FCOSHead(_ForegroundCE, FCOSHead):
     """torchvision's FCOS head plus an optional foreground cross-entropy term."""
 
-    def __init__(self, *args, class_ce_weight: float = 0.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.class_ce_weight = class_ce_weight
 
-    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):  # type: ignore[override]
-        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
-        if self.class_ce_weight > 0:
-            ce = _foreground_ce(targets, head_outputs["cls_logits"], matched_idxs)
-            losses["classification_ce"] = self.class_ce_weight * ce
-        return losses
-
-
-class _RetinaNetHead(RetinaNetHead):
+class _RetinaNetHead(_ForegroundCE, RetinaNetHead):
     """torchvision's RetinaNet head plus an optional foreground cross-entropy term."""
-
-    def __init__(self, *args, class_ce_weight: float = 0.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.class_ce_weight = class_ce_weight
-
-    def compute_loss(self, targets, head_outputs, anchors, matched_idxs):  # type: ignore[override]
-        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
-        if self.class_ce_weight > 0:
-            ce = _foreground_ce(targets, head_outputs["cls_logits"], matched_idxs)
-            losses["classification_ce"] = self.class_ce_weight * ce
-        return losses
 
 
 def _trim_convs(head: nn.Module, n: int) -> None:

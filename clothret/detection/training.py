@@ -31,6 +31,7 @@ from clothret.detection.torchvision_backend import (
     category_ids_to_labels,
     save_detector,
 )
+from clothret.devices import resolve_device
 from clothret.weights import card_url
 
 logger = logging.getLogger(__name__)
@@ -242,19 +243,6 @@ def _load_checkpoint(url: str, model_key: dict, train_key: dict) -> dict | None:
 
 
 # --------------------------------------------------------------------------------------------- training
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when torch sees a GPU, else the CPU; ``cuda`` without a GPU raises ``ValueError``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device is {device!r} but CUDA is not available; use cpu or auto")
-    return resolved
 
 
 def train_detector(

@@ -17,32 +17,16 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from clothret.datasets.records import NUM_CATEGORIES, ImageRecord
+from clothret.datasets.coco import coco_detection_dict
+from clothret.datasets.records import ImageRecord
 from clothret.detection.types import Detections
 
 logger = logging.getLogger(__name__)
 
 
 def _coco_ground_truth(records: Sequence[ImageRecord]) -> COCO:
-    images, annotations = [], []
-    for i, record in enumerate(records):
-        images.append({"id": i + 1, "file_name": record.image_id})
-        for item in record.items:
-            x1, y1, x2, y2 = (float(v) for v in item.bbox)
-            w, h = max(0.0, x2 - x1), max(0.0, y2 - y1)
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": i + 1,
-                    "category_id": int(item.category_id),
-                    "bbox": [x1, y1, w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
-    categories = [{"id": c} for c in range(1, NUM_CATEGORIES + 1)]
     gt = COCO()
-    gt.dataset = {"images": images, "annotations": annotations, "categories": categories}
+    gt.dataset = coco_detection_dict(records, file_name=lambda r: r.image_id)
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
     return gt

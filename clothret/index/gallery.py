@@ -7,7 +7,6 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 
 from clothret.store.feature_store import read_segment, segment_url
@@ -84,6 +83,3 @@ def gather_gallery(
     return gallery
 
 
-def read_bytes(url: str) -> bytes:
-    with fsspec.open(url, "rb") as f:
-        return f.read()

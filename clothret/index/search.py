@@ -21,9 +21,10 @@ import fsspec
 import numpy as np
 
 from clothret.detection.types import Detections
-from clothret.index.gallery import Gallery, read_bytes
+from clothret.index.gallery import Gallery
 from clothret.index.publish import build_url, current_build, read_build_manifest
 from clothret.index.results import QueryResult
+from clothret.store.files import read_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -27,6 +27,12 @@ def atomic_write(url: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
+def read_bytes(url: str) -> bytes:
+    """A file's bytes."""
+    with fsspec.open(url, "rb") as f:
+        return f.read()
+
+
 def read_bytes_or_none(url: str) -> bytes | None:
     """A file's bytes, or ``None`` when it does not exist."""
     fs, path = fsspec.core.url_to_fs(url)
