@@ -214,3 +214,20 @@ def test_cap_keeps_the_best_fused_boxes_per_image():
         np.testing.assert_allclose(capped.scores, full.scores[:cap])
         np.testing.assert_allclose(capped.boxes, full.boxes[:cap])
     assert np.all(np.diff(full.scores) <= 0)
+
+
+def test_an_exit_inside_ensemble_boxes_becomes_an_error(monkeypatch):
+    """ensemble-boxes calls exit() on inputs it rejects; a worker process must not end because of it."""
+    import numpy as np
+    import pytest
+
+    from clothret.detection import fusion
+    from clothret.detection.types import Detections
+
+    def exits(*args, **kwargs):
+        exit()
+
+    monkeypatch.setattr(fusion, "weighted_boxes_fusion", exits)
+    dets = Detections(np.array([[10, 10, 50, 60]]), np.array([0.9]), np.array([3]))
+    with pytest.raises(RuntimeError, match="ensemble-boxes rejected"):
+        fusion.fuse_detections([dets], image_size=(100, 100))

@@ -2,7 +2,9 @@
 
 This is the one place where pixel ``x1, y1, x2, y2`` boxes become the normalised ``[0, 1]`` boxes that
 ensemble-boxes wants, and back (:func:`to_normalized`, :func:`to_pixels`). Inputs are validated here,
-because ensemble-boxes prints and calls ``exit()`` on some bad inputs and silently ignores others.
+because ensemble-boxes prints and calls ``exit()`` on some bad inputs (unequal lengths, an unknown
+``conf_type``) and silently ignores others; should it exit all the same, the ``SystemExit`` becomes a
+``RuntimeError`` instead of ending the worker process.
 Labels go in and come out as DeepFashion2 category ids (ints).
 """
 
@@ -142,16 +144,19 @@ def fuse_detections(
     if sum(len(s) for s in scores_list) == 0:
         return Detections.empty()
 
-    fused, scores, labels = weighted_boxes_fusion(
-        boxes_list,
-        scores_list,
-        labels_list,
-        weights=w,
-        iou_thr=config.iou_thr,
-        skip_box_thr=config.skip_box_thr,
-        conf_type=config.conf_type,
-        allows_overflow=config.allows_overflow,
-    )
+    try:
+        fused, scores, labels = weighted_boxes_fusion(
+            boxes_list,
+            scores_list,
+            labels_list,
+            weights=w,
+            iou_thr=config.iou_thr,
+            skip_box_thr=config.skip_box_thr,
+            conf_type=config.conf_type,
+            allows_overflow=config.allows_overflow,
+        )
+    except SystemExit as exc:  # ensemble-boxes calls exit() on inputs it rejects
+        raise RuntimeError(f"ensemble-boxes rejected the fusion inputs (conf_type {config.conf_type!r})") from exc
     pixels = to_pixels(np.clip(np.asarray(fused, np.float64).reshape(-1, 4), 0.0, 1.0), (width, height))
     scores = np.asarray(scores, np.float64)
     labels = np.rint(np.asarray(labels, np.float64)).astype(np.int64)
