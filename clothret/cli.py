@@ -9,7 +9,8 @@
     clothret catalogue --split DIR --out manifest.jsonl
     clothret refresh --manifest M --bundle B --store S --index I [--retry-failed]
     clothret backfill --manifest M --bundle NEW --store S --index I   then: clothret promote --index I
-    clothret rollback --index I          serve the previous build again
+    clothret promote --index I [--build ID] [--serving-bundle B]   serve a build, install its models at B
+    clothret rollback --index I [--serving-bundle B]               serve the previous build again
     clothret builds --index I            list builds
     clothret search IMAGE [IMAGE ...]   top shop items for any image file
     clothret evaluate --split DIR --bundle B --index I --out DIR
@@ -190,13 +191,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    build_id = _run_flow("promote:promote", args.index, args.build)
+    build_id = _run_flow("promote:promote", args.index, args.build, args.serving_bundle)
     sys.stdout.write(f"{args.index} serves build {build_id}\n")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    build_id = _run_flow("promote:rollback", args.index)
+    build_id = _run_flow("promote:rollback", args.index, args.serving_bundle)
     sys.stdout.write(f"{args.index} serves build {build_id}\n")
     return 0
 
@@ -362,10 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("promote", help="serve a written build (default: the newest one not served yet)")
     p.add_argument("--index", required=True)
     p.add_argument("--build", help="build id")
+    p.add_argument("--serving-bundle", help="bundle URL the nightly refresh reads: install the build's models there")
     p.set_defaults(fn=cmd_promote)
 
     p = sub.add_parser("rollback", help="serve the build that served before the current one")
     p.add_argument("--index", required=True)
+    p.add_argument("--serving-bundle", help="bundle URL the nightly refresh reads: install the build's models there")
     p.set_defaults(fn=cmd_rollback)
 
     p = sub.add_parser("builds", help="list the builds of an index (* serves)")

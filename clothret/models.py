@@ -9,8 +9,11 @@ A bundle is a YAML or JSON file::
       - {name: resnet18-gem, weights: models/embedder.safetensors}
 
 Relative weights paths resolve against the bundle's own folder. The architecture of each model is in
-its weights' model card. The *version* is a hash of the bundle and of every model card (which holds
-the weights' sha256), so retrained weights make a new version and features of two versions never mix.
+its weights' model card. The *version* hashes what the models are, never where their files lie: the
+fusion settings, each detector's backend and WBF weight, and each model's inference fields of its card
+(:data:`INFERENCE_CARD_KEYS`: kind or backend, architecture and preprocessing config, the weights'
+sha256). The same files under another path, bucket or copy are the same version; retrained weights or
+another setting make a new one, and features of two versions never mix.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class ModelBundle(BaseModel):
         def resolve(path: str) -> str:
             if "://" in path or path.startswith("/"):
                 return path
-            return f"{base_url.rstrip('/')}/{path}"
+            return absolute_url(f"{base_url.rstrip('/')}/{path}")
 
         return self.model_copy(
             update={
@@ -89,13 +92,44 @@ class ModelBundle(BaseModel):
             }
         )
 
+    def identity(self) -> dict:
+        """What the models are, without names or paths: the document :meth:`version` hashes."""
+        return {
+            "fusion": self.fusion.model_dump(mode="json"),
+            "detectors": [
+                {"backend": d.backend, "wbf_weight": d.wbf_weight, "model": model_identity(d.weights)}
+                for d in self.detectors
+            ],
+            "embedders": [{"model": model_identity(e.weights)} for e in self.embedders],
+        }
+
     def version(self) -> str:
-        """Content hash of the bundle and of every model card: the model version (16 hex digits)."""
-        digest = hashlib.sha256()
-        digest.update(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode())
-        for entry in [*self.detectors, *self.embedders]:
-            digest.update(json.dumps(load_card(entry.weights), sort_keys=True).encode())
-        return digest.hexdigest()[:16]
+        """The model version (16 hex digits): a hash of :meth:`identity`, the same wherever the files are."""
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+INFERENCE_CARD_KEYS: tuple[str, ...] = (
+    "kind", "backend", "config", "mmdet_config", "classes", "score_threshold", "sha256", "format",
+)
+"""The model-card fields that decide what a model computes. The others (its name, training settings and
+figures, where it was trained or imported from) are provenance and leave the model version alone."""
+
+
+def model_identity(weights_url: str) -> dict:
+    """The inference fields of a model's card (which include its weights' sha256)."""
+    card = load_card(weights_url)
+    if not card.get("sha256"):
+        raise ValueError(f"the model card of {weights_url} has no sha256: re-save the weights with clothret")
+    return {key: card[key] for key in INFERENCE_CARD_KEYS if key in card}
+
+
+def absolute_url(url: str) -> str:
+    """``url`` with a local relative path made absolute (``s3://``, ``memory://`` and absolute paths as given)."""
+    if "://" in url:
+        return url
+    fs, path = fsspec.core.url_to_fs(url)
+    return path
 
 
 def load_bundle(url: str) -> ModelBundle:

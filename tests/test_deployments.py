@@ -43,3 +43,6 @@ def test_every_deployment_of_prefect_yaml_deploys(prefect_server):
     backfill = deployments["backfill"]
     assert backfill.parameters["config"]["bundle_url"].endswith("next/bundle.yaml")
     assert backfill.parameters["config"]["store_url"] == nightly.parameters["config"]["store_url"]
+    # promote and rollback install the serving build's models where the nightly refresh reads its bundle
+    for name in ("promote", "rollback"):
+        assert deployments[name].parameters["serving_bundle_url"] == nightly.parameters["config"]["bundle_url"]
