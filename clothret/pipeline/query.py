@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from clothret.index.results import QueryResult
 from clothret.index.search import SearchIndex
 from clothret.models import LoadedModels
-from clothret.pipeline.mapper import map_batch
+from clothret.pipeline.mapper import map_isolated
 from clothret.pipeline.reader import ImageFailure, iter_images
 
 logger = logging.getLogger(__name__)
@@ -35,9 +35,12 @@ def search_images(
 
     def flush() -> None:
         nonlocal done
-        outputs = map_batch(models, [img for _, img in batch])
+        outputs = map_isolated(models, [img for _, img in batch], [image_id for image_id, _ in batch])
         for (image_id, _), out in zip(batch, outputs):
-            results.extend(index.query_results(image_id, out.detections, out.features, k=k))
+            if isinstance(out, ImageFailure):
+                failures[image_id] = f"{out.kind}: {out.reason}"
+            else:
+                results.extend(index.query_results(image_id, out.detections, out.features, k=k))
         done += len(batch)
         batch.clear()
         if on_progress:

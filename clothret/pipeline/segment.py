@@ -10,8 +10,8 @@ import numpy as np
 
 from clothret.datasets.catalogue import ManifestEntry
 from clothret.models import LoadedModels
-from clothret.pipeline.mapper import map_batch
-from clothret.pipeline.reader import ImageFailure, iter_images
+from clothret.pipeline.mapper import map_isolated
+from clothret.pipeline.reader import ImageFailure, ImageLimits, iter_images
 from clothret.pipeline.result import STATUS_OK, SegmentResult
 
 logger = logging.getLogger(__name__)
@@ -22,9 +22,14 @@ def run_segment(
     models: LoadedModels,
     *,
     batch_size: int = 16,
+    limits: ImageLimits = ImageLimits(),
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SegmentResult:
-    """Detect, fuse, embed every image of a segment; failed images are recorded, never raised."""
+    """Detect, fuse, embed every image of a segment; failed images are recorded, never raised.
+
+    An image fails as bad input when it cannot be decoded, is outside ``limits`` or makes a model fail
+    on its own (see :func:`map_isolated`); as transient when it could not be read.
+    """
     start = time.perf_counter()
     n = len(entries)
     status = [STATUS_OK] * n
@@ -36,15 +41,19 @@ def run_segment(
 
     def flush() -> None:
         nonlocal done
-        for i, out in zip(batch_idx, map_batch(models, batch_imgs)):
-            outputs[i] = out
+        names = [entries[i].image_id for i in batch_idx]
+        for i, out in zip(batch_idx, map_isolated(models, batch_imgs, names)):
+            if isinstance(out, ImageFailure):
+                status[i], reasons[i] = out.kind, out.reason
+            else:
+                outputs[i] = out
         done += len(batch_idx)
         batch_idx.clear()
         batch_imgs.clear()
         if on_progress is not None:
             on_progress(done, n)
 
-    for index, image in iter_images([e.uri for e in entries]):
+    for index, image in iter_images([e.uri for e in entries], limits=limits):
         if isinstance(image, ImageFailure):
             status[index], reasons[index] = image.kind, image.reason
             logger.warning("skipped image %s (%s): %s", entries[index].image_id, image.kind, image.reason)
