@@ -54,3 +54,15 @@ class PublishRefused(RuntimeError):
 
 class SegmentsFailed(RuntimeError):
     """Some segments failed after their retries; the finished ones are committed and kept."""
+
+
+class StoreBusy(RuntimeError):
+    """Another run holds the lease of this store and model version; try again once it has finished."""
+
+
+class StoreChanged(RuntimeError):
+    """Another run changed the catalog or the index pointer under this run in a way it cannot merge; re-run."""
+
+
+class SegmentDamaged(RuntimeError):
+    """A committed segment fails its marker's check (missing or truncated files); a new plan recomputes it."""
