@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from clothret.errors import PublishRefused, SegmentsFailed
@@ -41,15 +42,20 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("distributed").setLevel(logging.WARNING)  # Prefect's run logs show the progress
 
 
+def _verbose() -> bool:
+    return logger.getEffectiveLevel() <= logging.DEBUG
+
+
 def _run_flow(name: str, *args, **kwargs):
-    """Run a flow of ``flows/`` against the configured Prefect API or a temporary local one."""
+    """Run a flow of ``flows/`` against the configured Prefect API or a temporary local one; the console
+    shows the run logs without tracebacks unless ``--verbose`` (the Prefect server keeps them)."""
     import importlib
 
     from flows.local_api import prefect_api
 
     module, _, fn = name.partition(":")
     flow = getattr(importlib.import_module(f"flows.{module}"), fn)
-    with prefect_api():
+    with prefect_api(console_tracebacks=_verbose()):
         return flow(*args, **kwargs)
 
 
@@ -176,13 +182,23 @@ def _refresh_config(args: argparse.Namespace):
     )
 
 
+def _check_refresh_inputs(args: argparse.Namespace) -> None:
+    """Before any server or cluster starts: the manifest, bundle, store, index (and eval split) are usable."""
+    from clothret.preflight import check_refresh_inputs
+
+    check_refresh_inputs(manifest_url=args.manifest, bundle_url=args.bundle, store_url=args.store,
+                         index_url=args.index, eval_split_url=args.eval_split)
+
+
 def cmd_refresh(args: argparse.Namespace) -> int:
+    _check_refresh_inputs(args)
     build = _run_flow("catalogue_refresh:catalogue_refresh", _refresh_config(args))
     sys.stdout.write(json.dumps(build, indent=2) + "\n")
     return 0
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
+    _check_refresh_inputs(args)
     build = _run_flow("backfill:backfill", _refresh_config(args))
     sys.stdout.write(json.dumps(build, indent=2) + "\n")
     sys.stdout.write(f"build {build['build_id']} written, not serving: clothret promote --index {args.index} "
@@ -191,12 +207,18 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    from clothret.preflight import check_promote_inputs
+
+    check_promote_inputs(args.index, args.build)
     build_id = _run_flow("promote:promote", args.index, args.build, args.serving_bundle)
     sys.stdout.write(f"{args.index} serves build {build_id}\n")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    from clothret.preflight import check_rollback_inputs
+
+    check_rollback_inputs(args.index)
     build_id = _run_flow("promote:rollback", args.index, args.serving_bundle)
     sys.stdout.write(f"{args.index} serves build {build_id}\n")
     return 0
@@ -405,9 +427,23 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         return args.fn(args)
-    except (FileNotFoundError, ValueError, ImportError, PublishRefused, SegmentsFailed) as exc:
-        logger.error("%s", exc)
-        return 2
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one line (and the traceback with --verbose)
+        return _report_error(exc, verbose=args.verbose)
+
+
+def _report_error(exc: Exception, *, verbose: bool) -> int:
+    """One line on stderr (after the traceback with ``--verbose``); exit status 2 for bad input and a run
+    that failed for a stated reason, 1 for an unexpected error."""
+    expected = isinstance(exc, (OSError, ValueError, ImportError, PublishRefused, SegmentsFailed)) or (
+        type(exc).__module__ == "clothret.errors"
+    )
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if not expected:
+        message = f"unexpected {type(exc).__name__}: {message}" + ("" if verbose else " (--verbose shows the traceback)")
+    sys.stderr.write(f"clothret: error: {message}\n")
+    return 2 if expected else 1
 
 
 if __name__ == "__main__":

@@ -133,16 +133,36 @@ def absolute_url(url: str) -> str:
 
 
 def load_bundle(url: str) -> ModelBundle:
-    """Read a bundle file (YAML or JSON) and resolve its relative weights paths."""
+    """Read a bundle file (YAML or JSON) and resolve its relative weights paths.
+
+    Errors name the file and say what is wrong in one line: not found, not YAML/JSON, not a valid bundle.
+    """
+    from pydantic import ValidationError
+
     try:
-        with fsspec.open(url, "r") as f:
+        with fsspec.open(url, "r", encoding="utf-8") as f:
             raw = yaml.safe_load(f)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"model bundle not found: {url}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{url} is not a YAML or JSON model bundle: not UTF-8 text "
+                         f"(byte 0x{exc.object[exc.start]:02x})") from exc
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"{url} is not a YAML or JSON model bundle: {problem}{where}") from exc
     if not isinstance(raw, dict):
         raise ValueError(f"model bundle {url} must be a mapping with detectors, fusion, embedders")
+    try:
+        bundle = ModelBundle.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'bundle'}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise ValueError(f"{url} is not a valid model bundle: {problems}") from exc
     base = url.rsplit("/", 1)[0] if "/" in url else "."
-    return ModelBundle.model_validate(raw).resolved(base)
+    return bundle.resolved(base)
 
 
 def save_bundle(bundle: ModelBundle, url: str) -> None:

@@ -90,26 +90,55 @@ def write_manifest(entries: Sequence[ManifestEntry], url: str) -> None:
     logger.info("wrote manifest of %d images to %s", len(entries), url)
 
 
+MANIFEST_FIELDS = "one JSON object a line with image_id, uri, sha256 and an optional item_id"
+
+
+def _manifest_entry(raw: object, where: str) -> ManifestEntry:
+    """One parsed manifest line as an entry; ``ValueError`` names ``where`` and what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: a JSON object expected, got {type(raw).__name__} ({MANIFEST_FIELDS})")
+    missing = [k for k in ("image_id", "uri", "sha256") if k not in raw]
+    if missing:
+        raise ValueError(f"{where}: missing {', '.join(missing)} ({MANIFEST_FIELDS})")
+    for key in ("image_id", "uri", "sha256", "item_id"):
+        if key not in raw:
+            continue
+        value = raw[key]
+        if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value) == "":
+            raise ValueError(f"{where}: {key} must be a non-empty string, got {json.dumps(value)}")
+    return ManifestEntry(
+        image_id=str(raw["image_id"]), uri=str(raw["uri"]), sha256=str(raw["sha256"]),
+        item_id=str(raw.get("item_id", raw["image_id"])),
+    )
+
+
 def read_manifest(url: str) -> list[ManifestEntry]:
-    """Read a JSON Lines manifest; errors name the line that is wrong."""
+    """Read a JSON Lines manifest; errors name the file and the line that is wrong, and what is valid."""
     entries = []
-    seen: set[str] = set()
-    with fsspec.open(url, "r") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-                entry = ManifestEntry(
-                    image_id=str(raw["image_id"]),
-                    uri=str(raw["uri"]),
-                    sha256=str(raw["sha256"]),
-                    item_id=str(raw.get("item_id", raw["image_id"])),
-                )
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{url} line {lineno}: not a manifest entry ({exc!r})") from exc
-            if entry.image_id in seen:
-                raise ValueError(f"{url} line {lineno}: duplicate image_id {entry.image_id!r}")
-            seen.add(entry.image_id)
-            entries.append(entry)
+    first_line: dict[str, int] = {}
+    try:
+        with fsspec.open(url, "r", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                where = f"{url} line {lineno}"
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{where}: not JSON ({exc.msg} at column {exc.colno}); {MANIFEST_FIELDS}") from exc
+                entry = _manifest_entry(raw, where)
+                if entry.image_id in first_line:
+                    raise ValueError(
+                        f"{where}: duplicate image_id {entry.image_id!r} (first on line {first_line[entry.image_id]}); "
+                        f"image ids must be unique"
+                    )
+                first_line[entry.image_id] = lineno
+                entries.append(entry)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{url} is not a JSON Lines manifest: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+                         f"{MANIFEST_FIELDS}") from exc
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"manifest not found: {url}") from exc
+    except IsADirectoryError as exc:
+        raise ValueError(f"manifest {url} is a folder; a JSON Lines file is needed ({MANIFEST_FIELDS})") from exc
     return entries
