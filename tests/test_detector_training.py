@@ -84,7 +84,7 @@ def test_not_resuming_ignores_a_checkpoint(tiny_root, tmp_path, monkeypatch):
     assert run_train_job(job.model_copy(update={"resume": False}), progress=False)["resumed_from"] == 0
 
 
-def test_cli_and_job_errors_name_the_problem(tmp_path, caplog):
+def test_cli_and_job_errors_name_the_problem(tmp_path, capsys):
     cases = [
         ([str(tmp_path / "d.safetensors")], "neither a DeepFashion2 split"),
         ([str(tmp_path / "d.pt")], ".safetensors"),
@@ -92,9 +92,9 @@ def test_cli_and_job_errors_name_the_problem(tmp_path, caplog):
         (["d.safetensors", "--set", "lr=1"], "model.FIELD=VALUE"),
     ]
     for extra, message in cases:
-        caplog.clear()
+        capsys.readouterr()
         assert main(["train-detector", "--data", str(tmp_path), "--out", *extra]) == 2
-        assert message in caplog.text
+        assert message in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="train/annos"):
         resolve_split(str(tmp_path))
 
