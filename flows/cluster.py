@@ -53,7 +53,7 @@ def dask_task_runner() -> DaskTaskRunner:
     if _use_cuda_cluster():
         return DaskTaskRunner(
             cluster_class="dask_cuda.LocalCUDACluster",
-            cluster_kwargs={"threads_per_worker": 1, "resources": {"GPU": 1}, "silence_logs": logging.ERROR},
+            cluster_kwargs={"threads_per_worker": 1, "resources": {"GPU": 1}, "silence_logs": False},
         )
     cores = os.cpu_count() or 2
     workers = int(os.environ.get("CLOTHRET_DASK_WORKERS", max(2, cores // 2)))
@@ -65,7 +65,7 @@ def dask_task_runner() -> DaskTaskRunner:
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
-            "silence_logs": logging.ERROR,
+            "silence_logs": False,  # worker logs follow dask's logging.distributed (default: warning)
             "env": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"},
         },
     )
