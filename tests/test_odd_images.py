@@ -160,6 +160,39 @@ def test_a_batch_where_every_image_fails_alone_logs_one_error(models, caplog):
     assert len(errors) == 1 and "every image of a batch of 3 failed alone" in errors[0].getMessage()
 
 
+class _MemoryBoundDetector:
+    """The real tiny detector on a device whose memory holds at most ``max_images`` images a batch."""
+
+    def __init__(self, inner, max_images: int) -> None:
+        self.inner, self.name, self.max_images = inner, inner.name, max_images
+
+    def detect(self, images):
+        import torch
+
+        if len(images) > self.max_images:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner.detect(images)
+
+
+def test_out_of_memory_on_a_batch_runs_its_images_one_by_one(models, picture):
+    import dataclasses
+
+    from clothret.pipeline.mapper import map_batch, map_isolated
+    from clothret.pipeline.reader import TRANSIENT
+
+    flipped = np.ascontiguousarray(picture[:, ::-1])
+    one_at_a_time = dataclasses.replace(models, detectors=[_MemoryBoundDetector(d, 1) for d in models.detectors])
+    out = map_isolated(one_at_a_time, [picture, flipped], ["a", "b"])
+    for got, image in zip(out, (picture, flipped)):
+        assert not isinstance(got, ImageFailure)
+        np.testing.assert_allclose(got.features, map_batch(models, [image])[0].features, atol=1e-4)
+
+    none_fit = dataclasses.replace(models, detectors=[_MemoryBoundDetector(d, 0) for d in models.detectors])
+    out = map_isolated(none_fit, [picture, flipped], ["a", "b"])
+    assert [o.kind for o in out] == [TRANSIENT, TRANSIENT]  # retried by the next refresh, not bad input
+    assert out[0].reason == "out of memory on this image alone: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
 def test_run_segment_isolates_a_model_error_past_relaxed_limits(models, odd_folder):
     """With the reader's guards relaxed, the 10000x20 strip reaches the detector, as it did when the issue was
     filed: the segment still completes and only that image fails."""
