@@ -85,7 +85,7 @@ def map_isolated(
     When the batch raises, each image runs alone: one that still fails becomes an :class:`ImageFailure`
     (bad input with the model's error as its reason; transient when it ran out of memory alone), the
     others go through. Transient errors that are not about an image (I/O, a lost connection) are raised.
-    ``names`` (image ids) only label the log lines.
+    ``names`` (image ids) label the log lines and the failures.
     """
     try:
         return list(map_batch(models, images))
