@@ -135,9 +135,48 @@ def test_detection_goes_to_the_item_with_the_highest_iou():
     # IoU with ITEM0 0.83, with ITEM_STYLE0 0.1: assigned to ITEM0.
     assigned = result((0.0, 0.0, 100.0, 120.0), 0.9, 1, [("g1", G1_BOX)])
     assert outcome_of_item0([assigned]).result is assigned
-    # No overlap with any item: assigned to none.
+    # No overlap with any item: np.argmax of an all-zero row is the first item (ITEM0, category 1).
     nowhere = result((300.0, 300.0, 350.0, 350.0), 0.9, 1, [("g1", G1_BOX)])
-    assert retrieval_accuracy(QUERY, GALLERY, [nowhere])["n_missed"] == 2
+    assert outcome_of_item0([nowhere]).result is nowhere
+    assert retrieval_accuracy(QUERY, GALLERY, [nowhere])["n_missed"] == 1
+
+
+# Street image 000404 of a demo run, by hand: one item; a detection of its category far away from it with
+# the best score, and a weaker one on the item whose gallery list finds the shop item at rank 12.
+ONE_ITEM = Item(category_id=1, style=1, bbox=(40.0, 40.0, 140.0, 160.0))
+QUERY_404 = [ImageRecord("000404", "000404.jpg", "user", pair_id=1, items=(ONE_ITEM,))]
+RANK12 = [("g3", G1_BOX)] * 11 + [("g1", G1_BOX)] + [("g3", G1_BOX)] * 8
+
+
+def test_one_item_owns_every_detection_even_without_overlap():
+    """The official rule: argmax over the image's items even at IoU 0, so the far-off detection with the
+    best score speaks for the item (a miss at every k); dropping IoU-0 detections would give a hit at 12."""
+    far = result((150.0, 0.0, 190.0, 30.0), 0.95, 1, [("g3", G1_BOX)] * 20, image_id="000404")
+    on_item = result((42.0, 38.0, 138.0, 158.0), 0.60, 1, RANK12, image_id="000404")
+    assert iou_matrix([far.box], [ONE_ITEM.bbox])[0, 0] == 0.0
+    (outcome,) = item_outcomes(QUERY_404, GALLERY, [far, on_item])
+    assert outcome.result is far and outcome.first_hit_rank is None
+    acc = retrieval_accuracy(QUERY_404, GALLERY, [far, on_item])
+    assert acc["acc@15"] == 0.0 and acc["acc@20"] == 0.0 and acc["n_missed"] == 0
+    # Once the far-off detection scores lower, the one on the item speaks for it: a hit at rank 12.
+    far.score = 0.5
+    (outcome,) = item_outcomes(QUERY_404, GALLERY, [far, on_item])
+    assert outcome.result is on_item and outcome.first_hit_rank == 11
+    acc = retrieval_accuracy(QUERY_404, GALLERY, [far, on_item])
+    assert acc["acc@10"] == 0.0 and acc["acc@15"] == 1.0 and acc["acc@20"] == 1.0
+
+
+def test_a_detection_overlapping_no_item_goes_to_the_first_item_and_ties_to_the_earlier_one():
+    first = Item(category_id=1, style=1, bbox=(0.0, 0.0, 50.0, 50.0))
+    second = Item(category_id=1, style=1, bbox=(100.0, 0.0, 150.0, 50.0))
+    query = [ImageRecord("q2", "q2.jpg", "user", pair_id=1, items=(first, second))]
+    nowhere = result((0.0, 200.0, 50.0, 250.0), 0.9, 1, [("g1", G1_BOX)], image_id="q2")
+    between = result((50.0, 0.0, 100.0, 50.0), 0.8, 1, [("g1", G1_BOX)], image_id="q2")  # touches both: IoU 0, 0
+    straddle = result((25.0, 0.0, 125.0, 50.0), 0.7, 1, [("g1", G1_BOX)], image_id="q2")  # IoU 1/3 with both
+    outcomes = item_outcomes(query, GALLERY, [straddle, between, nowhere])
+    assert outcomes[0].result is nowhere  # all three belong to the first item; the best score speaks for it
+    assert outcomes[1].result is None
+    assert outcomes[0].first_hit_rank == 0
 
 
 def test_results_on_unknown_images_are_ignored_and_bad_ks_rejected():

@@ -1,15 +1,22 @@
 """DeepFashion2 clothes-retrieval Acc@k.
 
-The protocol of the DeepFashion2 retrieval challenge:
+The protocol of the DeepFashion2 retrieval challenge, as its official scoring code
+(``deepfashion2_api/PythonAPI/deepfashion2_retrieval_test.py`` in switchablenorms/DeepFashion2) computes it:
 
 - Every street (query) item with ``style > 0`` counts once in the denominator; an item without a usable
-  detection counts as a failure.
-- Each query detection is assigned to the ground-truth item of its own image with the highest IoU (any
-  style, no threshold; IoU 0 with every item assigns it to none).
+  detection counts as a failure (as does every item of an image without any detection).
+- Each query detection is assigned to one ground-truth item of its own image: ``np.argmax`` over its IoU
+  with every item of the image (any style, no threshold). The argmax is taken even when every IoU is 0, so
+  a detection that overlaps nothing still belongs to an item: with one item in the image, every detection
+  of the image belongs to it; with several items all at IoU 0 (or tied), to the first one in annotation
+  order, since ``np.argmax`` returns the first maximum.
 - Per ground-truth item with ``style > 0``, the assigned detections whose predicted category equals the
-  item's are kept, and the one with the highest detection score is used.
+  item's are kept, and the one with the highest detection score is used (the first in submission order on
+  a tie). A far-off detection of the right category with the best score therefore speaks for the item,
+  even when a weaker detection on the item itself would have found it.
 - Its ranked gallery list is a hit at ``k`` when some rank ``r < k`` (0-based) is a gallery image holding a
   positive shop item (same ``pair_id`` and ``style``) and the returned box has IoU >= 0.5 with that item.
+- IoU is pycocotools' box IoU: widths are ``x2 - x1`` (no ``+ 1``), see :func:`clothret.evaluation.boxes.iou_matrix`.
 
 :func:`item_outcomes` gives the per-item outcome (used by the HTML report); :func:`retrieval_accuracy`
 aggregates it.
@@ -92,7 +99,8 @@ def _positive_boxes(gallery_records: Sequence[ImageRecord]) -> dict[tuple[int, i
 def _assign_detections(
     query_by_id: dict[str, ImageRecord], results: Sequence[QueryResult]
 ) -> dict[tuple[str, int], list[QueryResult]]:
-    """``(query image id, item index) -> detections`` assigned to that item by highest IoU."""
+    """``(query image id, item index) -> detections`` assigned to that item: the argmax of IoU over the
+    image's items, also when every IoU is 0 (the first item then), as the official scoring does."""
     per_image: dict[str, list[QueryResult]] = defaultdict(list)
     n_unknown = 0
     for result in results:
@@ -112,10 +120,8 @@ def _assign_detections(
             np.asarray([r.box for r in image_results], dtype=np.float64),
             np.asarray([it.bbox for it in items], dtype=np.float64),
         )
-        best = ious.argmax(axis=1)
-        for result, j, row in zip(image_results, best, ious):
-            if row[j] > 0.0:
-                assigned[(image_id, int(j))].append(result)
+        for result, j in zip(image_results, ious.argmax(axis=1)):
+            assigned[(image_id, int(j))].append(result)
     return assigned
 
 
