@@ -12,6 +12,7 @@
     clothret promote --index I [--build ID] [--serving-bundle B]   serve a build, install its models at B
     clothret rollback --index I [--serving-bundle B]               serve the previous build again
     clothret builds --index I            list builds
+    clothret verify --store S [--repair] check a feature store for damaged or stray segments (and remove them)
     clothret search IMAGE [IMAGE ...]   top shop items for any image file
     clothret evaluate --split DIR --bundle B --index I --out DIR
     clothret report --split DIR --submission F --out report.html
@@ -233,6 +234,14 @@ def cmd_builds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from clothret.store.verify import verify_store
+
+    report = verify_store(args.store, repair=args.repair, min_age_s=args.min_age)
+    sys.stdout.write("\n".join(report.lines()) + "\n")
+    return 0 if report.clean else 1
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from clothret.index.search import SearchIndex, top_items
     from clothret.models import load_bundle, load_models
@@ -396,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("builds", help="list the builds of an index (* serves)")
     p.add_argument("--index", default=f"{wd}/index")
     p.set_defaults(fn=cmd_builds)
+
+    p = sub.add_parser("verify", help="report damaged, unreferenced or stray segments of a feature store; --repair removes them")
+    p.add_argument("--store", required=True, help="feature store root (local path or s3://...)")
+    p.add_argument("--repair", action="store_true", help="remove what is found (never under another run's lease)")
+    p.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
+                   help="with --repair, remove only what is older than this (default 3600)")
+    p.set_defaults(fn=cmd_verify)
 
     p = sub.add_parser("search", help="top shop items for image files")
     p.add_argument("images", nargs="+")

@@ -15,20 +15,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clothret.datasets.catalogue import read_manifest
 from clothret.devices import resolve_device
-from clothret.errors import PublishRefused
+from clothret.errors import PublishRefused, SegmentDamaged, StoreChanged
 from clothret.evaluation.split import evaluate_split
 from clothret.index.config import IndexConfig
 from clothret.index.gallery import gather_gallery
-from clothret.index.publish import current_build, publish, read_build_manifest
+from clothret.index.publish import current_build, publish_build, read_build_manifest, read_pointer_state
 from clothret.index.rebuild import build_validated
 from clothret.index.search import SearchIndex
 from clothret.models import cached_models, load_bundle
 from clothret.pipeline.plan import RefreshPlan, SegmentPlan, plan_refresh
 from clothret.pipeline.segment import run_segment
-from clothret.store.catalog import Catalog, read_catalog, write_catalog
-from clothret.store.feature_store import is_committed, write_segment
+from clothret.store.catalog import Catalog, read_catalog, swap_catalog
+from clothret.store.feature_store import check_segment, commit_segment, is_committed
 
 logger = logging.getLogger(__name__)
+
+_CATALOG_TRIES = 5
 
 
 class RefreshConfig(BaseModel):
@@ -92,31 +94,81 @@ def embed_segment(
     device: str = "auto",
     batch_size: int = 16,
     on_progress: Callable[[int, int], None] | None = None,
+    run: str = "",
 ) -> dict:
-    """Compute and commit one segment unless it is committed already; returns its counts."""
+    """Compute and commit one segment unless it is committed already; returns its counts.
+
+    ``computed`` is False when the segment was committed before, or by another writer while this one
+    computed it (this writer's copy is then discarded and the winner's used).
+    """
     base = {"segment_id": segment.segment_id, "images": len(segment.entries)}
     if is_committed(segment.url):
+        problem = check_segment(segment.url)
+        if problem is not None:
+            raise SegmentDamaged(
+                f"segment {segment.segment_id} ({segment.url}) is committed but damaged: {problem}; re-run the "
+                f"refresh: its plan gives these images a new segment id"
+            )
         logger.info("segment %s is committed already: reused", segment.segment_id)
         return {**base, "computed": False}
     models = cached_models(bundle_url, version, str(resolve_device(device)))
     result = run_segment(segment.entries, models, batch_size=batch_size, on_progress=on_progress)
-    counts = write_segment(segment.url, result)
+    commit = commit_segment(segment.url, result, run=run)
+    if not commit.won:
+        return {**base, **commit.counts, "computed": False}
     failed = {
         e.image_id: f"{status}: {reason}"
         for e, status, reason in zip(segment.entries, result.status, result.reasons)
         if status != "ok"
     }
-    return {**base, **counts, "computed": True, "failed": failed}
+    return {**base, **commit.counts, "computed": True, "failed": failed}
 
 
-def commit_catalog(config: RefreshConfig, refresh_plan: RefreshPlan, done: Iterable[str]) -> Catalog:
-    """Make the kept and the finished new segments the live ones; unchanged catalogs are not rewritten."""
-    done = set(done)
-    segments = [s.segment_id for s in refresh_plan.live] + [s.segment_id for s in refresh_plan.new if s.segment_id in done]
-    current = read_catalog(config.store_url, refresh_plan.version)
-    if list(current.segments) == segments and current.deleted == refresh_plan.deleted:
-        return current
-    return write_catalog(config.store_url, segments, refresh_plan.deleted, refresh_plan.version)
+def _all_committed(segments: Iterable[SegmentPlan]) -> bool:
+    return all(is_committed(s.url) and check_segment(s.url) is None for s in segments)
+
+
+def commit_catalog(config: RefreshConfig, refresh_plan: RefreshPlan, done: Iterable[str], *, run: str = "") -> Catalog:
+    """Make the kept and the finished new segments the live ones, by compare-and-swap against the catalog
+    the plan was made from; unchanged catalogs are not rewritten.
+
+    When another run changed the catalog since, the manifest is planned again against the new catalog:
+    if every segment that plan needs is committed (the other run did the same work), that plan is
+    committed; otherwise :class:`~clothret.errors.StoreChanged` says what happened.
+    """
+    done, current_plan = set(done), refresh_plan
+    for _ in range(_CATALOG_TRIES):
+        current = read_catalog(config.store_url, current_plan.version)
+        if current.token != current_plan.catalog_token:
+            replan = plan_refresh(
+                read_manifest(config.manifest_url), version=current_plan.version, store_url=config.store_url,
+                segment_size=config.segment_size, retry_failed=config.retry_failed, catalog=current,
+            )
+            if not _all_committed(replan.new):
+                missing = sum(s.segment_id not in replan.committed for s in replan.new)
+                raise StoreChanged(
+                    f"the store changed under this run: the catalog of version {current_plan.version} in "
+                    f"{config.store_url} is at {current.provenance()}, this run planned from generation "
+                    f"{refresh_plan.catalog_generation}, and {missing} segment(s) it would now need are not "
+                    f"committed; re-run the refresh"
+                )
+            logger.info(
+                "catalog of %s changed under this run (now %s, planned from generation %d): planned again, "
+                "every segment needed is committed", current_plan.version, current.provenance(),
+                refresh_plan.catalog_generation,
+            )
+            current_plan, done = replan, {s.segment_id for s in replan.new}
+        segments = [s.segment_id for s in current_plan.live]
+        segments += [s.segment_id for s in current_plan.new if s.segment_id in done]
+        if list(current.segments) == segments and current.deleted == current_plan.deleted:
+            return current
+        written = swap_catalog(config.store_url, current, segments, current_plan.deleted, run=run)
+        if written is not None:
+            return written
+    raise StoreChanged(
+        f"the store changed under this run: the catalog of version {refresh_plan.version} in {config.store_url} "
+        f"changed {_CATALOG_TRIES} times while this run tried to commit; re-run the refresh"
+    )
 
 
 def refresh_counts(refresh_plan: RefreshPlan, segment_counts: Sequence[dict]) -> dict:
@@ -155,25 +207,23 @@ def _acc_gate(config: RefreshConfig, scores: dict) -> dict:
 
 
 def build_and_publish(
-    config: RefreshConfig, version: str, *, activate: bool = True, extra: dict | None = None
+    config: RefreshConfig, version: str, *, activate: bool = True, extra: dict | None = None, run: str = ""
 ) -> dict:
-    """Build the index over the catalog's live entries, validate it, publish it; returns its manifest."""
+    """Build the index over the catalog's live entries, validate it, publish it; returns its manifest.
+
+    The manifest records the catalog generation it was built from; ``active`` says whether it serves and
+    ``not_serving`` why not, when another run swapped in a build at least as new meanwhile.
+    """
+    since = read_pointer_state(config.index_url)  # before building: a swap by another run meanwhile is seen
     catalog = read_catalog(config.store_url, version)
     if not catalog.segments:
         raise ValueError(f"the catalog of version {version} in {config.store_url} has no live segments to index")
     gallery = gather_gallery(config.store_url, version, catalog.segments, deleted_image_ids=catalog.deleted)
     index, figures = build_validated(gallery, config.index)
 
-    bundle = load_bundle(config.bundle_url)
-    if bundle.version() != version:
-        raise ValueError(
-            f"the bundle {config.bundle_url} changed during this run: it is model version {bundle.version()} now, "
-            f"the features were computed with {version}; re-run with a bundle that does not change under it"
-        )
     manifest = {
         "model_version": version,
-        "bundle_url": config.bundle_url,  # information only: the version does not depend on where files lie
-        "bundle": bundle.model_dump(mode="json"),
+        "catalog_generation": catalog.generation,
         "segments": list(catalog.segments),
         "n_images": int(len(np.unique(gallery.image_ids))),
         "n_items": int(len(np.unique(gallery.item_ids))),
@@ -183,7 +233,10 @@ def build_and_publish(
     }
     if config.eval_split_url:
         models = cached_models(config.bundle_url, version, str(resolve_device(config.device)))
-        run = evaluate_split(config.eval_split_url, models, SearchIndex(index, gallery, manifest))
-        manifest.update(_acc_gate(config, run.scores))
-    build_id = publish(config.index_url, index, gallery, manifest, activate=activate)
-    return {**manifest, "build_id": build_id, "active": activate}
+        run_eval = evaluate_split(config.eval_split_url, models, SearchIndex(index, gallery, manifest))
+        manifest.update(_acc_gate(config, run_eval.scores))
+    published = publish_build(config.index_url, index, gallery, manifest, activate=activate, since=since, run=run)
+    out = {**manifest, "build_id": published.build_id, "active": published.active}
+    if published.note:
+        out["not_serving"] = published.note
+    return out

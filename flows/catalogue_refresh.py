@@ -1,21 +1,33 @@
 """Nightly catalogue refresh: plan → embed each new segment on a Dask worker → commit the catalog →
-build, validate and publish the index."""
+build, validate and publish the index, all under the lease of the store's model version."""
 
 from __future__ import annotations
 
 import dask
 from prefect import flow
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
 
 from clothret.errors import SegmentsFailed
+from clothret.models import load_bundle
 from clothret.refresh import RefreshConfig, refresh_counts
+from clothret.store.lease import hold_lease
 from flows.cluster import dask_task_runner, task_resources
 from tasks.artifacts import publish_run_artifacts, start_progress, update_progress
 from tasks.refresh import commit_catalog, embed_segment, plan_refresh, publish_index
+from tasks.storage import use_s3_block
 
 
 def refresh_sequence(config: RefreshConfig, *, activate: bool, key: str) -> dict:
-    """The steps shared by the refresh and the backfill flows."""
+    """The steps shared by the refresh and the backfill flows, run while this flow run holds the lease of
+    the store's model version (a second run at once fails with StoreBusy naming this one)."""
+    use_s3_block(config.s3_block)  # the lease is written from this process
+    version = load_bundle(config.bundle_url).version()
+    with hold_lease(config.store_url, version, holder=flow_run.id or "cli"):
+        return _steps(config, activate=activate, key=key)
+
+
+def _steps(config: RefreshConfig, *, activate: bool, key: str) -> dict:
     plan = plan_refresh(config, activate)
     what = f"{key} {plan.version}"
     progress = start_progress(len(plan.new), what)

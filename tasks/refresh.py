@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.runtime import flow_run
 
 from clothret import refresh
 from clothret.pipeline.plan import RefreshPlan, SegmentPlan
@@ -49,7 +50,8 @@ def embed_segment(
             logger.info("segment %s: %d/%d images", segment.segment_id, done, total)
 
     counts = refresh.embed_segment(
-        segment, bundle_url=bundle_url, version=version, device=device, batch_size=batch_size, on_progress=progress
+        segment, bundle_url=bundle_url, version=version, device=device, batch_size=batch_size, on_progress=progress,
+        run=flow_run.id or "",
     )
     if counts.get("failed"):
         logger.warning("segment %s: %d images failed: %s", segment.segment_id, len(counts["failed"]), counts["failed"])
@@ -59,17 +61,23 @@ def embed_segment(
 @task(name="commit-catalog", cache_policy=NO_CACHE, **RETRY_OPTIONS)
 def commit_catalog(config: RefreshConfig, plan: RefreshPlan, done: list[str]) -> None:
     use_s3_block(config.s3_block)
-    catalog = refresh.commit_catalog(config, plan, done)
-    get_run_logger().info("catalog: %d live segments, %d deleted images", len(catalog.segments), len(catalog.deleted))
+    catalog = refresh.commit_catalog(config, plan, done, run=flow_run.id or "")
+    get_run_logger().info(
+        "catalog generation %d: %d live segments, %d deleted images", catalog.generation, len(catalog.segments),
+        len(catalog.deleted),
+    )
 
 
 @task(name="publish-index", cache_policy=NO_CACHE, **RETRY_OPTIONS)
 def publish_index(config: RefreshConfig, version: str, activate: bool, counts: dict) -> dict:
     use_s3_block(config.s3_block)
-    manifest = refresh.build_and_publish(config, version, activate=activate, extra=counts)
-    get_run_logger().info(
+    manifest = refresh.build_and_publish(config, version, activate=activate, extra=counts, run=flow_run.id or "")
+    logger = get_run_logger()
+    logger.info(
         "%s build %s: %d boxes from %d images, %s index, recall@10 %.3f",
-        "published" if activate else "wrote (not serving)", manifest["build_id"], manifest["n_boxes"],
+        "published" if manifest["active"] else "wrote (not serving)", manifest["build_id"], manifest["n_boxes"],
         manifest["n_images"], manifest.get("index_kind"), manifest["recall_at_10"],
     )
+    if manifest.get("not_serving"):
+        logger.warning("build %s does not serve: %s", manifest["build_id"], manifest["not_serving"])
     return manifest

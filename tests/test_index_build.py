@@ -310,7 +310,7 @@ def test_publish_refuses_a_gallery_that_does_not_match_the_index(tmp_path):
         publish(str(tmp_path), build_index(feats), _gallery(feats[:50]), {"model_version": "v1"})
 
 
-@pytest.mark.parametrize("crash_at", ["_file_entry", "atomic_write"])  # before the manifest / before the swap
+@pytest.mark.parametrize("crash_at", ["_file_entry", "put_if_match"])  # before the manifest / before the swap
 @pytest.mark.parametrize("where", ["local", "memory"])
 def test_a_crash_before_the_pointer_swap_leaves_readers_on_the_old_build(tmp_path, monkeypatch, where, crash_at):
     root = _root(tmp_path, where)

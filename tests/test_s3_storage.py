@@ -71,17 +71,19 @@ def test_segment_round_trip_and_objects(s3_bucket):
     prefix = url.removeprefix(f"{s3_bucket}/") + "/"
     all_keys = _keys(s3_bucket)
     assert all(k.startswith(prefix) for k in all_keys), all_keys
-    keys = [k.removeprefix(prefix) for k in all_keys]
-    assert "zarr.json" in keys and MARKER in keys
+    marker = json.loads(fsspec.open(f"{url}/{MARKER}").open().read())
+    assert marker["counts"] == result.counts and sorted(all_keys) == sorted([f"{prefix}{MARKER}", *(
+        f"{prefix}attempts/{marker['attempt']}/{k}" for k in marker["files"])])  # the marker lists every object
+    keys = [k.removeprefix(f"{prefix}attempts/{marker['attempt']}/") for k in all_keys]
+    assert "zarr.json" in keys
     arrays = [f.name for f in dataclasses.fields(SegmentResult) if f.name not in ("seconds", "counts")]
     for name in arrays:
         assert f"{name}/zarr.json" in keys
         assert any(k.startswith(f"{name}/c/") for k in keys), f"no chunk objects for {name}: {keys}"
-    assert json.loads(fsspec.open(f"{url}/{MARKER}").open().read()) == result.counts
 
 
 def test_atomic_write_puts_and_overwrites(s3_bucket):
-    from clothret.index.publish import atomic_write
+    from clothret.store.files import atomic_write
 
     url = f"{s3_bucket}/index/CURRENT"
     atomic_write(url, b'{"build_id": "a"}')

@@ -5,6 +5,11 @@ transient reason (I/O, timeout), or — with ``retry_failed`` — when it failed
 attempt failed as bad input (corrupt, unsupported, too large) are left alone until their hash changes.
 Images of the catalog that the manifest no longer lists are deleted. Segments already live stay as they
 are, so adding 1% of images costs one new segment per ``segment_size`` new images, not a re-run.
+
+A live segment that fails its check (a store damaged by a crash or an older version) counts as absent:
+its images are re-embedded ("recompute_damaged") under a segment id salted with the damaged one, and so is
+a planned segment whose id is committed but damaged, so the damage is never reused. The plan records the
+catalog version it was made from, against which the catalog is later swapped.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from clothret.datasets.catalogue import ManifestEntry
 from clothret.pipeline.reader import BAD_INPUT, TRANSIENT
 from clothret.pipeline.result import STATUS_OK
 from clothret.store.catalog import Catalog, LiveImages, live_images, read_catalog
-from clothret.store.feature_store import is_committed, segment_id, segment_url
+from clothret.store.feature_store import check_segment, is_committed, segment_id, segment_url
 
 logger = logging.getLogger(__name__)
+
+RECOMPUTE_DAMAGED = "recompute_damaged"
+_MAX_SALTS = 8
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,8 @@ class RefreshPlan:
     ``live`` are segments of the catalog that stay live (reused as they are); ``new`` are segments to
     compute, of which ``committed`` were committed already by an interrupted run; ``deleted`` are image
     ids to leave out of the index; ``reasons`` counts why images are (re-)embedded or skipped.
+    ``catalog_generation`` and ``catalog_token`` name the catalog version the plan was made from;
+    ``damaged`` are the segments (id → reason) found damaged and recomputed.
     """
 
     version: str
@@ -50,6 +60,9 @@ class RefreshPlan:
     deleted: frozenset[str]
     committed: frozenset[str] = frozenset()
     reasons: dict[str, int] = field(default_factory=dict)
+    catalog_generation: int = 0
+    catalog_token: str | None = None
+    damaged: dict[str, str] = field(default_factory=dict)
 
     @property
     def segments(self) -> tuple[SegmentPlan, ...]:
@@ -63,6 +76,8 @@ class RefreshPlan:
 
 def _why(entry: ManifestEntry, live: LiveImages, retry_failed: bool) -> str | None:
     """Why an image must be embedded now (``None``: its live entry stands)."""
+    if entry.image_id in live.damaged_images:
+        return RECOMPUTE_DAMAGED
     state = live.images.get(entry.image_id)
     if state is None:
         return None if retry_failed else "new"
@@ -96,7 +111,7 @@ def plan_refresh(
     catalog = catalog if catalog is not None else read_catalog(store_url, version)
     live = live_images(store_url, catalog)
     reasons: Counter[str] = Counter()
-    todo: list[tuple[ManifestEntry, str]] = []
+    todo: list[tuple[ManifestEntry, str, str]] = []  # entry, the segment id it replaces, why
     for entry in sorted(entries, key=lambda e: e.image_id):
         why = _why(entry, live, retry_failed)
         if why is None:
@@ -108,10 +123,11 @@ def plan_refresh(
             continue
         reasons[why] += 1
         previous = live.images.get(entry.image_id)
-        todo.append((entry, previous.segment_id if previous else ""))
+        replaced = live.damaged_images.get(entry.image_id) or (previous.segment_id if previous else "")
+        todo.append((entry, replaced, why))
 
     listed = {e.image_id for e in entries}
-    replaced = {e.image_id for e, _ in todo}
+    replaced = {e.image_id for e, _, _ in todo}
     if retry_failed:  # deletions wait for an ordinary refresh
         gone = {i for i in catalog.deleted}
     else:
@@ -122,17 +138,41 @@ def plan_refresh(
     deleted = {i for s in live_ids for i in live.held.get(s, ()) if i in gone}
     reasons["deleted"] = len(deleted - catalog.deleted)
     live_plans = tuple(SegmentPlan(s, segment_url(store_url, version, s), ()) for s in live_ids)
-    new_plans = []
+    new_plans, committed, damaged = [], set(), dict(live.damaged)
     for start in range(0, len(todo), segment_size):
         chunk = todo[start : start + segment_size]
-        chunk_entries = tuple(e for e, _ in chunk)
-        seg_id = segment_id(version, chunk_entries, [prev for _, prev in chunk])
-        url = segment_url(store_url, version, seg_id)
+        chunk_entries = tuple(e for e, _, _ in chunk)
+        seg_id = segment_id(version, chunk_entries, [prev for _, prev, _ in chunk])
+        for _ in range(_MAX_SALTS):
+            url = segment_url(store_url, version, seg_id)
+            if not is_committed(url):
+                break
+            problem = check_segment(url)
+            if problem is None:
+                committed.add(seg_id)
+                break
+            salted = segment_id(version, chunk_entries, [seg_id] * len(chunk_entries))
+            logger.warning("segment %s of %s is committed but damaged (%s): its images get segment %s instead",
+                           seg_id, version, problem, salted)
+            damaged[seg_id] = problem
+            for _, _, why in chunk:
+                if why != RECOMPUTE_DAMAGED:
+                    reasons[why] -= 1
+                    reasons[RECOMPUTE_DAMAGED] += 1
+            chunk = [(e, prev, RECOMPUTE_DAMAGED) for e, prev, _ in chunk]
+            seg_id = salted
+        else:
+            raise ValueError(f"{_MAX_SALTS} segment ids in a row for the same images are committed but damaged "
+                             f"under {store_url} (the last: {seg_id}): run `clothret verify --store {store_url} "
+                             f"--repair`")
         new_plans.append(SegmentPlan(seg_id, url, chunk_entries))
-    committed = frozenset(p.segment_id for p in new_plans if is_committed(p.url))
-    plan = RefreshPlan(version, live_plans, tuple(new_plans), frozenset(deleted), committed, dict(reasons))
+    plan = RefreshPlan(
+        version, live_plans, tuple(new_plans), frozenset(deleted), frozenset(committed),
+        {k: v for k, v in reasons.items() if v or k == "deleted"}, catalog.generation, catalog.token, damaged,
+    )
     logger.info(
-        "plan for %s: %d live segments kept, %d new segments (%d committed by an earlier run), %s",
-        version, len(live_plans), len(new_plans), len(committed), dict(reasons),
+        "plan for %s from catalog generation %d: %d live segments kept, %d new segments (%d committed by an "
+        "earlier run), %s", version, catalog.generation, len(live_plans), len(new_plans), len(committed),
+        dict(plan.reasons),
     )
     return plan
