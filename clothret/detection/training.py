@@ -22,7 +22,6 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
-from tqdm.auto import tqdm
 
 from clothret.datasets.records import ImageRecord
 from clothret.detection.torchvision_backend import (
@@ -32,6 +31,7 @@ from clothret.detection.torchvision_backend import (
     save_detector,
 )
 from clothret.devices import resolve_device
+from clothret.progress import progress as progress_bar
 from clothret.weights import card_url
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class _Samples:
         self.images: list[torch.Tensor] = []
         self.boxes: list[torch.Tensor] = []
         self.category_ids: list[torch.Tensor] = []
-        for record in tqdm(records, desc="decode", disable=not progress, leave=False):
+        for record in progress_bar(records, desc="decode", disable=not progress, leave=False, unit="image"):
             arr = load_image(record.path)
             boxes, cats = _targets(record, arr.shape[0], arr.shape[1], num_classes)
             self.images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
@@ -327,7 +327,7 @@ def _train(
     recent_parts: dict[str, list[float]] = {}
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(total=total, initial=start, desc="train detector", disable=not progress)
+    bar = progress_bar(total=total, initial=start, desc="train detector", disable=not progress, unit="step")
     try:
         for step in range(start, total):
             idx = [_sample_index(step * bs + k, n, train_config.seed, orders) for k in range(bs)]

@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from tqdm.auto import tqdm
 
 from clothret.datasets.records import ImageRecord
 from clothret.embedding.config import EmbedderConfig
 from clothret.embedding.crops import GtCrop, gt_crops
 from clothret.embedding.losses import CombinedLoss, LossWeights
 from clothret.embedding.model import EmbeddingNet, save_embedding_net
+from clothret.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def train_embedder(
         losses: list[float] = []
         parts: dict[str, float] = {}
         train_started = time.perf_counter()
-        bar = tqdm(range(steps), desc="train embedder", disable=not progress, leave=False)
+        bar = progress_bar(range(steps), desc="train embedder", disable=not progress, leave=False, unit="step")
         step = 0
         for step in bar:
             indices = next(batches)
