@@ -4,6 +4,7 @@
     clothret synth --out DIR            synthetic data set in the DeepFashion2 layout
     clothret train --data DIR --out DIR train a detector and an embedder, write bundle.yaml
     clothret train-detector --data DIR --out F.safetensors [--architecture fcos|retinanet|faster_rcnn] [--resume]
+    clothret train-embedder --data DIR --out F.safetensors [--base-bundle B --bundle-out NEW]   train one embedder
     clothret train-mmdet --data DIR --out F.safetensors [--config mmdet::atss/atss_r50_fpn_1x_coco.py]
     clothret import-mmdet --config CFG --checkpoint CKPT --out F.safetensors   a model-zoo detector for a bundle
     clothret catalogue --split DIR --out manifest.jsonl
@@ -155,6 +156,24 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
     train.setdefault("device", args.device)
     job = TrainDetectorJob(data_url=args.data, weights_url=args.out, model=model, train=train, resume=args.resume)
     metrics = run_train_job(job, progress=not args.no_progress)
+    sys.stdout.write(json.dumps(metrics) + "\n")
+    return 0
+
+
+def cmd_train_embedder(args: argparse.Namespace) -> int:
+    from clothret.embedding.train_job import TrainEmbedderJob, run_train_embedder_job
+
+    model, train = _parse_sets(args.set)
+    for field, value in (("backbone", args.backbone), ("descriptors", args.descriptors), ("dim", args.dim)):
+        if value is not None:
+            model[field] = value
+    for field, value in (("steps", args.steps), ("epochs", args.epochs), ("lr", args.lr), ("seed", args.seed),
+                         ("num_threads", args.threads)):
+        if value is not None:
+            train[field] = value
+    job = TrainEmbedderJob(data_url=args.data, weights_url=args.out, name=args.name, model=model, train=train,
+                           base_bundle_url=args.base_bundle, bundle_url=args.bundle_out, bundle_mode=args.bundle_mode)
+    metrics = run_train_embedder_job(job, progress=not args.no_progress)
     sys.stdout.write(json.dumps(metrics) + "\n")
     return 0
 
@@ -367,6 +386,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out (FILE.ckpt)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_train_detector)
+
+    p = sub.add_parser("train-embedder", help="train one embedder on a DeepFashion2-layout split (and write a new bundle)")
+    p.add_argument("--data", required=True, help="a split (image/ + annos/) or a data set root holding train/")
+    p.add_argument("--out", required=True, help="weights file, FILE.safetensors (the model card goes to FILE.json)")
+    p.add_argument("--name", help="the embedder's name in its model card and the bundle")
+    p.add_argument("--backbone", help="a timm backbone (default: the demo's narrow resnet10t)")
+    p.add_argument("--descriptors", help="CGD descriptors from G (GeM), M (MAC), S (SPoC), e.g. GM (default)")
+    p.add_argument("--dim", type=int, help="embedding size (default 128)")
+    p.add_argument("--steps", type=int, help="optimiser steps (default 1000)")
+    p.add_argument("--epochs", type=float, help="epochs instead of steps")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--set", action="append", default=[], metavar="SCOPE.FIELD=VALUE",
+                   help="any other setting, e.g. model.input_size=64 or train.losses={\"triplet\":0} (repeatable)")
+    p.add_argument("--base-bundle", help="bundle whose detectors and fusion a new bundle keeps")
+    p.add_argument("--bundle-out", help="write a new bundle here with the trained embedder (needs --base-bundle)")
+    p.add_argument("--bundle-mode", choices=("replace", "add"), default="replace",
+                   help="replace the base bundle's embedders (default) or add the new one beside them")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.set_defaults(fn=cmd_train_embedder)
 
     p = sub.add_parser("catalogue", help="write a gallery manifest")
     src = p.add_mutually_exclusive_group(required=True)
