@@ -32,8 +32,9 @@ _GALLERY_BOX_COLOUR = (255, 160, 0)
 _CSS = """
 body { font-family: sans-serif; margin: 1em; }
 table.summary td, table.summary th { border: 1px solid #ccc; padding: 2px 8px; text-align: left; }
-.row { display: flex; gap: 8px; align-items: flex-start; margin: 12px 0; padding-bottom: 12px;
+.row { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-start; margin: 12px 0; padding-bottom: 12px;
        border-bottom: 1px solid #ddd; }
+table.summary table { border-collapse: collapse; }
 .cell { font-size: 11px; text-align: center; border: 4px solid #ddd; padding: 2px; }
 .cell.hit { border-color: #1a9e1a; background: #e8f8e8; }
 .cell.query { border-color: #888; }
@@ -82,8 +83,10 @@ def _format_value(value) -> str:
 
 
 def _summary_table(summary: dict) -> str:
+    """A two-column table; a nested dict (e.g. timings per step) becomes a table in its cell."""
     rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_format_value(v))}</td></tr>" for k, v in summary.items()
+        f"<tr><th>{html.escape(str(k))}</th><td>{_summary_table(v) if isinstance(v, dict) else html.escape(_format_value(v))}</td></tr>"
+        for k, v in summary.items()
     )
     return f'<table class="summary">{rows}</table>'
 
@@ -129,6 +132,23 @@ def _gallery_cells(outcome: ItemOutcome, gallery_by_id: dict[str, ImageRecord], 
     return "".join(cells)
 
 
+def sample_outcomes(n_outcomes: int, n_shown: int, seed: int) -> list[int]:
+    """Which outcomes a report shows: ``n_shown`` indices drawn with ``seed``, in order."""
+    return [int(i) for i in np.sort(np.random.default_rng(seed).choice(n_outcomes, size=n_shown, replace=False))]
+
+
+def outcome_row(
+    outcome: ItemOutcome, query_by_id: dict[str, ImageRecord], gallery_by_id: dict[str, ImageRecord], cache: dict
+) -> str:
+    """One report row: the query item with its chosen detection beside its top-10 gallery boxes."""
+    query_cell = _query_cell(outcome, query_by_id[outcome.query_image_id], cache)
+    return f'<div class="row">{query_cell}{_gallery_cells(outcome, gallery_by_id, cache)}</div>'
+
+
+REPORT_CSS = _CSS
+"""The style sheet of the result rows, for other reports that show them."""
+
+
 def write_report(
     url: str,
     query_records: Sequence[ImageRecord],
@@ -155,13 +175,9 @@ def write_report(
     gallery_by_id = {r.image_id: r for r in gallery_records}
 
     n_shown = min(n_samples, len(outcomes))
-    picked = np.sort(np.random.default_rng(seed).choice(len(outcomes), size=n_shown, replace=False))
+    picked = sample_outcomes(len(outcomes), n_shown, seed)
     cache: dict[str, Image.Image | None] = {}
-    rows = []
-    for i in picked:
-        outcome = outcomes[int(i)]
-        query_cell = _query_cell(outcome, query_by_id[outcome.query_image_id], cache)
-        rows.append(f'<div class="row">{query_cell}{_gallery_cells(outcome, gallery_by_id, cache)}</div>')
+    rows = [outcome_row(outcomes[i], query_by_id, gallery_by_id, cache) for i in picked]
 
     page = (
         "<!DOCTYPE html>\n"

@@ -76,3 +76,13 @@ def test_report_samples_and_computes_summary_when_none(tmp_path):
     assert "1 of 2 query items shown" in page
     assert "acc@10</th><td>0.5000" in page and "n_query_items</th><td>2" in page
     assert page.count("<img ") in (1, 3)
+
+
+def test_report_shows_timings_as_a_table_and_rows_wrap(tmp_path):
+    query, gallery, results = _setup(tmp_path)
+    summary = {"acc@1": 0.5, "timings": {"synthesize": 11.0, "train": 485.2}}
+    write_report(str(tmp_path / "r.html"), query, gallery, results, summary=summary)
+    page = (tmp_path / "r.html").read_text()
+    assert "{'synthesize'" not in page and "{&#x27;synthesize" not in page
+    assert "<th>timings</th><td><table" in page and "<th>train</th><td>485.2000</td>" in page
+    assert "flex-wrap: wrap" in page

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from clothret.datasets.records import ImageRecord
-from clothret.embedding.crops import gt_crops
+from clothret.embedding.crops import GtCrop, gt_crops
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +65,28 @@ def _chance(num_gallery: int, num_relevant: np.ndarray, k: int) -> float:
     return float(1.0 - np.mean(miss))
 
 
+def split_crops(records: Sequence[ImageRecord]) -> tuple[list[GtCrop], list[GtCrop]]:
+    """A split's gallery (shop) crops and its query (street) crops whose key is in the gallery."""
+    gallery = gt_crops(records, sources=("shop",))
+    gallery_keys = {c.key for c in gallery}
+    return gallery, [c for c in gt_crops(records, sources=("user",)) if c.key in gallery_keys]
+
+
 def crop_retrieval_accuracy(
     embedder: CropEmbedder, records: Sequence[ImageRecord], ks: Sequence[int] = (1, 10)
 ) -> dict:
     """Item-level Acc@k on a split's ground-truth crops, plus counts, chance levels and embedding speed."""
+    return crops_retrieval_accuracy(embedder, *split_crops(records), ks=ks)
+
+
+def crops_retrieval_accuracy(
+    embedder: CropEmbedder, gallery: Sequence[GtCrop], queries: Sequence[GtCrop], ks: Sequence[int] = (1, 10)
+) -> dict:
+    """:func:`crop_retrieval_accuracy` on crops cut once (:func:`split_crops`), e.g. for several embedders."""
     if not ks or any(k < 1 for k in ks):
         raise ValueError(f"ks must be positive integers, got {list(ks)}")
-    gallery = gt_crops(records, sources=("shop",))
     gallery_keys = {c.key for c in gallery}
-    queries = [c for c in gt_crops(records, sources=("user",)) if c.key in gallery_keys]
+    queries = [c for c in queries if c.key in gallery_keys]
     if not gallery or not queries:
         raise ValueError(f"need shop items and matchable user items; got {len(gallery)} gallery, {len(queries)} queries")
     t0 = time.perf_counter()
@@ -98,4 +111,4 @@ def crop_retrieval_accuracy(
     return result
 
 
-__all__ = ["ColourHistogramEmbedder", "CropEmbedder", "crop_retrieval_accuracy"]
+__all__ = ["ColourHistogramEmbedder", "CropEmbedder", "crop_retrieval_accuracy", "crops_retrieval_accuracy", "split_crops"]
