@@ -539,3 +539,15 @@ def test_verify_reports_and_repairs(root, capsys):
     assert [f.kind for f in left.findings] == ["missing"]
     _refresh(store, manifest_entries(8))
     assert verify_store(store).clean and read_lease(store, VERSION) is None
+
+
+def test_verify_repairs_a_damaged_segment_of_the_first_layout(tmp_path):
+    store = str(tmp_path / "store")
+    plan = _refresh(store, manifest_entries(8), layout="first")
+    damaged = plan.new[0]
+    _remove(f"{damaged.url}/image_ids")
+    (finding,) = verify_store(store).findings
+    assert finding.kind == DAMAGED and "arrays image_ids are missing" in finding.reason
+    assert verify_store(store, repair=True, min_age_s=0).clean
+    assert check_segment(damaged.url) == f"not committed (no {MARKER} marker)"
+    assert check_segment(plan.new[1].url) is None  # the healthy one stays

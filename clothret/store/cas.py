@@ -171,8 +171,10 @@ def _s3_put(fs, path: str, data: bytes, condition: dict) -> bool:
             return True
         except FileExistsError:  # s3fs's name for a refused If-None-Match
             return False
-        except FileNotFoundError:  # If-Match on a key that is gone
-            return False
+        except FileNotFoundError as exc:
+            if "IfMatch" in condition and _s3_code(exc) == "NoSuchKey":
+                return False  # If-Match on a key that is gone
+            raise
         except OSError as exc:
             code = _s3_code(exc)
             if code == "PreconditionFailed":
@@ -191,8 +193,10 @@ def _s3_delete(fs, path: str, token: str) -> bool:
     try:
         fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=token)
         return True
-    except FileNotFoundError:
-        return False
+    except FileNotFoundError as exc:
+        if _s3_code(exc) == "NoSuchKey":
+            return False
+        raise
     except OSError as exc:
         if _s3_code(exc) == "PreconditionFailed":
             return False

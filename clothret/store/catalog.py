@@ -123,7 +123,9 @@ def swap_catalog(
     return catalog
 
 
-def write_catalog(store_url: str, segments: Iterable[str], deleted: Iterable[str], version: str, *, run: str = "") -> Catalog:
+def write_catalog(
+    store_url: str, segments: Iterable[str], deleted: Iterable[str], version: str, *, run: str = ""
+) -> Catalog:
     """Replace the catalog of a model version whatever it holds now (as its next generation).
 
     For tools and tests; a refresh uses :func:`swap_catalog` against the catalog it planned from.

@@ -137,7 +137,7 @@ def read_marker(url: str) -> dict | None:
 
 def marker_counts(marker: dict) -> dict:
     """The counts a marker records (the first layout's marker held only the counts)."""
-    return dict(marker["counts"]) if marker.get("format") == FORMAT else dict(marker)
+    return dict(marker.get("counts") or {}) if marker.get("format") == FORMAT else dict(marker)
 
 
 def group_url(url: str, marker: dict) -> str:
@@ -276,8 +276,8 @@ def check_segment(url: str, *, found: dict | None = None) -> str | None:
     """Why a segment cannot be used (``None``: committed and complete).
 
     A format-2 segment is compared with its marker's list of files and byte sizes (one listing of its
-    attempt; ``found``, an ``fs.find(..., detail=True)`` answer covering the attempt, saves it). A segment of the first layout must hold
-    every array, with agreeing lengths.
+    attempt; ``found``, an ``fs.find(..., detail=True)`` answer covering the attempt, saves it). A segment
+    of the first layout must hold every array, with agreeing lengths.
     """
     marker, problem = load_marker(url)
     if problem is not None:
