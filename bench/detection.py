@@ -34,24 +34,23 @@ from pathlib import Path
 # On a CPU shared with other jobs, OpenMP threads that spin while waiting slow torch down several-fold.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clothret.datasets.records import ImageRecord  # noqa: E402
 from clothret.datasets.synthetic import DEFAULT_SPLITS, SyntheticSizes, generate_dataset  # noqa: E402
 from clothret.demo import DEMO_DETECTOR  # noqa: E402
-from clothret.detection.fusion import CONF_TYPES, FusionConfig, fuse_batch  # noqa: E402
-from clothret.detection.torchvision_backend import TorchvisionDetector, TorchvisionDetectorConfig  # noqa: E402
-from clothret.detection.training import DetectorTrainConfig, load_image, train_detector  # noqa: E402
+from clothret.detection.fusion import CONF_TYPES, FusionConfig  # noqa: E402
+from clothret.detection.torchvision_backend import TorchvisionDetector  # noqa: E402
+from clothret.detection.training import DetectorTrainConfig, load_image  # noqa: E402
 from clothret.detection.types import Detections  # noqa: E402
-from clothret.evaluation.boxes import iou_matrix  # noqa: E402
-from clothret.evaluation.detection_ap import detection_ap  # noqa: E402
-from clothret.weights import load_card  # noqa: E402
-
-ARCHITECTURES = ("fcos", "retinanet", "faster_rcnn")
-"""Three families: anchor-free one-stage, anchor-based one-stage, two-stage."""
+from clothret.experiments.detectors import (  # noqa: E402
+    ARCHITECTURES,
+    detection_scores,
+    model_config,
+    timed_fusion,
+    train_or_reuse,
+)
 
 QUICK_SPLITS = {"train": SyntheticSizes(n_pairs=30, street_per_pair=2), "validation": SyntheticSizes(n_pairs=40, street_per_pair=2)}
 QUICK_MODEL = {"backbone": "mobilenet_v3_small", "fpn_channels": 32, "min_size": 96, "max_size": 160}
@@ -60,66 +59,6 @@ FULL_MODEL = dict(DEMO_DETECTOR["model"])
 FULL_TRAIN = {k: v for k, v in DEMO_DETECTOR.items() if k != "model"}
 CAPS = ((100, 1.0), (20, 1.0), (10, 1.0), (5, 1.0), (3, 1.0), (1, 1.0), (100, 32.0), (100, 64.0))
 """(max_boxes_per_image, min_box_size px) settings of the box-count table."""
-
-
-def model_config(architecture: str, base: dict) -> TorchvisionDetectorConfig:
-    """``base`` for one architecture; the foreground cross-entropy only where there is a sigmoid head."""
-    ce = float(base.get("class_ce_weight", 1.0)) if architecture in ("fcos", "retinanet") else 0.0
-    return TorchvisionDetectorConfig(**{**base, "architecture": architecture, "class_ce_weight": ce})
-
-
-def train_or_reuse(
-    records: list[ImageRecord], model: TorchvisionDetectorConfig, train: DetectorTrainConfig, url: str
-) -> float:
-    """Train ``url`` unless its model card says it was trained with the same settings on as many images."""
-    try:
-        card = load_card(url)
-    except FileNotFoundError:
-        card = {}
-    same = (
-        card.get("config") == model.model_dump(mode="json")
-        and card.get("train_config") == train.model_dump(mode="json")
-        and card.get("n_images") == len(records)
-    )
-    if same:
-        print(f"reusing {url} (trained in {card['seconds']:.0f} s)", flush=True)
-        return float(card["seconds"])
-    metrics = train_detector(records, model_config=model, train_config=train, weights_url=url, progress=True, resume=False)
-    return float(metrics["seconds"])
-
-
-def item_recall(records: list[ImageRecord], detections: list[Detections], iou: float = 0.5) -> float:
-    """Share of ground-truth items with a detection of their category at IoU >= ``iou``."""
-    found = total = 0
-    for record, det in zip(records, detections):
-        for item in record.items:
-            total += 1
-            same = det.boxes[det.labels == item.category_id]
-            found += int(len(same) > 0 and iou_matrix(same, np.asarray([item.bbox])).max() >= iou)
-    return found / total if total else 0.0
-
-
-def timed_fusion(
-    per_detector: list[list[Detections]], sizes: list[tuple[int, int]], weights: list[float], config: FusionConfig
-) -> tuple[list[Detections], float]:
-    """Fused detections and the fusion time in ms per image (best of 3 runs)."""
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fused = fuse_batch(per_detector, image_sizes=sizes, weights=weights, config=config)
-        best = min(best, time.perf_counter() - t0)
-    return fused, 1000.0 * best / max(1, len(sizes))
-
-
-def scores(records: list[ImageRecord], detections: list[Detections]) -> dict:
-    ap = detection_ap(records, detections)
-    return {
-        "ap": round(ap["ap"], 4),
-        "ap50": round(ap["ap50"], 4),
-        "ap75": round(ap["ap75"], 4),
-        "recall50": round(item_recall(records, detections), 4),
-        "boxes_per_image": round(float(np.mean([len(d) for d in detections])), 2),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             infer_ms = 1000.0 * (time.perf_counter() - t0) / len(images)
             outputs.append(dets)
             labels.append(label)
-            detectors[label] = {**scores(val, dets), "train_seconds": round(train_s, 1), "infer_ms_per_image": round(infer_ms, 1)}
+            detectors[label] = {**detection_scores(val, dets), "train_seconds": round(train_s, 1), "infer_ms_per_image": round(infer_ms, 1)}
 
     fusion = FusionConfig(
         iou_thr=args.iou_thr, conf_type=args.conf_type, score_prefilter=args.score_prefilter,
@@ -185,16 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     wbf = []
     for n in range(1, len(outputs) + 1):
         fused, ms = timed_fusion(outputs[:n], sizes, weights[:n], fusion)
-        wbf.append({"n": n, "detectors": labels[:n], **scores(val, fused), "fusion_ms_per_image": round(ms, 3)})
+        wbf.append({"n": n, "detectors": labels[:n], **detection_scores(val, fused), "fusion_ms_per_image": round(ms, 3)})
     conf = []
     for conf_type in CONF_TYPES:
         fused, ms = timed_fusion(outputs, sizes, weights, fusion.model_copy(update={"conf_type": conf_type}))
-        conf.append({"conf_type": conf_type, **scores(val, fused), "fusion_ms_per_image": round(ms, 3)})
+        conf.append({"conf_type": conf_type, **detection_scores(val, fused), "fusion_ms_per_image": round(ms, 3)})
     cap = []
     for max_boxes, min_size in CAPS:
         cfg = fusion.model_copy(update={"max_boxes_per_image": max_boxes, "min_box_size": min_size})
         fused, ms = timed_fusion(outputs, sizes, weights, cfg)
-        cap.append({"max_boxes_per_image": max_boxes, "min_box_size": min_size, **scores(val, fused),
+        cap.append({"max_boxes_per_image": max_boxes, "min_box_size": min_size, **detection_scores(val, fused),
                     "fusion_ms_per_image": round(ms, 3)})
 
     print()

@@ -7,6 +7,7 @@
     clothret train-embedder --data DIR --out F.safetensors [--base-bundle B --bundle-out NEW]   train one embedder
     clothret train-mmdet --data DIR --out F.safetensors [--config mmdet::atss/atss_r50_fpn_1x_coco.py]
     clothret import-mmdet --config CFG --checkpoint CKPT --out F.safetensors   a model-zoo detector for a bundle
+    clothret experiment --quick --out DIR   the paper's tables side by side (detectors, embedders, post-processing)
     clothret catalogue --split DIR --out manifest.jsonl
     clothret refresh --manifest M --bundle B --store S --index I [--retry-failed]
     clothret backfill --manifest M --bundle NEW --store S --index I   then: clothret promote --index I
@@ -175,6 +176,23 @@ def cmd_train_embedder(args: argparse.Namespace) -> int:
                            base_bundle_url=args.base_bundle, bundle_url=args.bundle_out, bundle_mode=args.bundle_mode)
     metrics = run_train_embedder_job(job, progress=not args.no_progress)
     sys.stdout.write(json.dumps(metrics) + "\n")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from clothret.experiments.run import ExperimentConfig, run_experiment
+    from clothret.experiments.tables import format_summary
+
+    config = ExperimentConfig(
+        out_dir=args.out, data_url=args.data, size=args.size or ("quick" if args.quick else "full"), seed=args.seed,
+        threads=args.threads, device=args.device, n_samples=args.samples,
+        architectures=tuple(a.strip() for a in args.architectures.split(",")) if args.architectures else None,
+        detector_steps=args.detector_steps, embedder_steps=args.embedder_steps,
+    )
+    summary = run_experiment(config, progress=args.progress)
+    out = args.out.rstrip("/")
+    sys.stdout.write(format_summary(summary) + f"\n\nbest: {summary['best']}; worst: {summary['worst']}\n"
+                     f"timings (s): {summary['seconds']}\nreport: {out}/report.html   json: {out}/experiment.json\n")
     return 0
 
 
@@ -407,6 +425,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the base bundle's embedders (default) or add the new one beside them")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_train_embedder)
+
+    p = sub.add_parser("experiment", help="the paper's tables side by side on a DeepFashion2-layout data set")
+    p.add_argument("--out", required=True, help="work folder: data, models, experiment.json, report.html")
+    p.add_argument("--data", help="a data set root with train/ and validation/ (default: a synthetic one in --out)")
+    p.add_argument("--quick", action="store_true", help="the quick size: minutes on 2 cores")
+    p.add_argument("--size", choices=("tiny", "quick", "full"), help="data and training size (default full, or quick)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="torch device of the detectors: cpu, cuda or auto")
+    p.add_argument("--architectures", help="detectors in fusion order, e.g. fcos,retinanet,faster_rcnn (default: by size)")
+    p.add_argument("--detector-steps", type=int, help="training steps per detector (default: by size)")
+    p.add_argument("--embedder-steps", type=int, help="training steps per embedder (default: by size)")
+    p.add_argument("--samples", type=int, default=12, help="query items shown with their top-10 in the report")
+    p.add_argument("--progress", action="store_true", help="training progress")
+    p.set_defaults(fn=cmd_experiment)
 
     p = sub.add_parser("catalogue", help="write a gallery manifest")
     src = p.add_mutually_exclusive_group(required=True)

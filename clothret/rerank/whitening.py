@@ -51,6 +51,22 @@ def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
+def _eigen(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Mean, eigenvalues (largest first), eigenvectors of the covariance, and how many are usable."""
+    mean = x.mean(axis=0)
+    centred = x - mean
+    eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / len(x))
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+    usable = int((eigenvalues > _RELATIVE_FLOOR * max(float(eigenvalues[0]), 1e-30)).sum())
+    return mean, eigenvalues, eigenvectors, usable
+
+
+def whitening_rank(gallery: np.ndarray) -> int:
+    """How many dimensions whitening can keep: the gallery's directions of non-zero variance."""
+    return _eigen(_as_matrix(gallery, "gallery").astype(np.float64))[3]
+
+
 def learn_pca_whitening(gallery: np.ndarray, *, dim: int | None = None, shrinkage: float = 0.0) -> PCAWhitening:
     """Learn PCA whitening on (n, d) gallery vectors, keeping ``dim`` dimensions (default: all it can).
 
@@ -63,13 +79,7 @@ def learn_pca_whitening(gallery: np.ndarray, *, dim: int | None = None, shrinkag
     n, d = x.shape
     if shrinkage < 0 or not np.isfinite(shrinkage):
         raise ValueError(f"shrinkage must be a finite number >= 0, got {shrinkage}")
-    mean = x.mean(axis=0)
-    centred = x - mean
-    cov = centred.T @ centred / n
-    eigenvalues, eigenvectors = np.linalg.eigh(cov)
-    order = np.argsort(eigenvalues)[::-1]
-    eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
-    usable = int((eigenvalues > _RELATIVE_FLOOR * max(float(eigenvalues[0]), 1e-30)).sum())
+    mean, eigenvalues, eigenvectors, usable = _eigen(x)
     if usable == 0:
         raise ValueError(f"the {n} gallery vectors are all equal: there is nothing to whiten")
     if dim is None:
@@ -121,4 +131,11 @@ def with_pretransform(index: faiss.Index, transforms: list[faiss.VectorTransform
     return faiss.deserialize_index(faiss.serialize_index(wrapped))
 
 
-__all__ = ["PCAWhitening", "apply_whitening", "learn_pca_whitening", "whitening_transform", "with_pretransform"]
+__all__ = [
+    "PCAWhitening",
+    "apply_whitening",
+    "learn_pca_whitening",
+    "whitening_rank",
+    "whitening_transform",
+    "with_pretransform",
+]
