@@ -53,8 +53,23 @@ def _lines(good: dict) -> list[str]:
 
 @pytest.fixture
 def quiet_caplog(caplog):
+    """Every log record, to show that no Prefect server or flow run started."""
     caplog.set_level(logging.DEBUG)
     return caplog
+
+
+@pytest.fixture(autouse=True)
+def _detached_console_handlers():
+    """Console handlers an earlier test configured may write to a capture stream pytest has closed since (a
+    '--- Logging error ---' on stderr): in-process calls here show on stderr only what main() writes itself.
+    The subprocess tests below see the whole console."""
+    root = logging.getLogger()
+    consoles = [h for h in root.handlers if type(h) is logging.StreamHandler or type(h).__name__ == "PrefectConsoleHandler"]
+    for handler in consoles:
+        root.removeHandler(handler)
+    yield
+    for handler in consoles:
+        root.addHandler(handler)
 
 
 def test_missing_manifest(good, tmp_path, capsys, quiet_caplog):

@@ -123,7 +123,7 @@ def test_limits_are_keyword_arguments():
     assert decode_image(_png(Image.new("RGB", (200, 10))), limits=ImageLimits(min_side=8, max_aspect=25)).shape == (10, 200, 3)
     with pytest.raises(UnusableImage, match="aspect ratio 20 is over 10"):
         decode_image(_png(Image.new("RGB", (200, 10))), limits=ImageLimits(min_side=8))
-    with pytest.raises(UnusableImage, match=r"image is 70000x70000 = 4.9e\+03 Mpx, over the 40 Mpx limit"):
+    with pytest.raises(UnusableImage, match=r"image is 70000x70000 = 4900 Mpx, over the 40 Mpx limit"):
         decode_image(png_claiming_size(70000, 70000))  # beyond Pillow's own bomb limit too
 
 

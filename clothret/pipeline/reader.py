@@ -64,7 +64,11 @@ class UnusableImage(ValueError):
 
 
 def _pixels(n: float) -> str:
-    return f"{n / 1e6:.3g} Mpx" if n >= 1_000_000 else f"{n:.0f} px"
+    """A pixel count for people: ``90000 px``, ``1.5 Mpx``, ``400 Mpx``, ``4900 Mpx``."""
+    if n < 1_000_000:
+        return f"{n:.0f} px"
+    mpx = n / 1e6
+    return f"{mpx:.0f} Mpx" if mpx >= 100 else f"{mpx:.3g} Mpx"
 
 
 def check_size(width: int, height: int, limits: ImageLimits = ImageLimits()) -> None:
@@ -85,7 +89,8 @@ def _claimed_size(data: bytes) -> tuple[int, int] | None:
     for fmt in Image.ID:
         factory, accept = Image.OPEN[fmt]
         try:
-            if accept is not None and accept(data[:16]) is not True:
+            accepted = True if accept is None else accept(data[:16])
+            if not accepted or isinstance(accepted, str):  # a str is Pillow's warning: not this format
                 continue
             return factory(io.BytesIO(data), "").size
         except Exception:  # noqa: BLE001 - any parser that cannot read the header just does not know
