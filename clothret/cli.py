@@ -15,8 +15,8 @@
     clothret rollback --index I [--serving-bundle B]               serve the previous build again
     clothret builds --index I            list builds
     clothret verify --store S [--repair] check a feature store for damaged or stray segments (and remove them)
-    clothret search IMAGE [IMAGE ...]   top shop items for any image file
-    clothret evaluate --split DIR --bundle B --index I --out DIR
+    clothret search IMAGE [IMAGE ...] [--rerank --qe K --whiten ...]   top shop items for any image file
+    clothret evaluate --split DIR --bundle B --index I --out DIR [--rerank --qe K --whiten ...]
     clothret report --split DIR --submission F --out report.html
 """
 
@@ -189,7 +189,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         architectures=tuple(a.strip() for a in args.architectures.split(",")) if args.architectures else None,
         detector_steps=args.detector_steps, embedder_steps=args.embedder_steps,
     )
-    summary = run_experiment(config, progress=args.progress)
+    summary = run_experiment(config, progress=not args.no_progress)
     out = args.out.rstrip("/")
     sys.stdout.write(format_summary(summary) + f"\n\nbest: {summary['best']}; worst: {summary['worst']}\n"
                      f"timings (s): {summary['seconds']}\nreport: {out}/report.html   json: {out}/experiment.json\n")
@@ -279,13 +279,43 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
+_POSTPROCESS_FLAGS = (("whiten", "whiten"), ("whiten_dim", "whiten_dim"), ("dba", "dba_k"), ("qe", "qe_k"),
+                      ("qe_alpha", "qe_alpha"), ("rerank", "rerank"), ("k1", "k1"), ("k2", "k2"),
+                      ("lambda_value", "lambda_value"), ("candidates", "candidates"), ("dedupe", "dedupe"))
+
+
+def _add_postprocess_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("post-processing (default: the index build's own settings; these override them)")
+    g.add_argument("--whiten", action="store_true", default=None, help="PCA whitening learned on the gallery")
+    g.add_argument("--whiten-dim", type=int, help="whitened dimensions kept (with --whiten)")
+    g.add_argument("--dba", type=int, metavar="K", help="database-side augmentation with K neighbours")
+    g.add_argument("--qe", type=int, metavar="K", help="alpha-query expansion with the K best gallery vectors")
+    g.add_argument("--qe-alpha", type=float, help="query-expansion weight exponent (default 3)")
+    g.add_argument("--rerank", action="store_true", default=None, help="k-reciprocal re-ranking of the top candidates")
+    g.add_argument("--k1", type=int, help="k-reciprocal neighbourhood (default 20)")
+    g.add_argument("--k2", type=int, help="re-ranking's local query expansion (default 6)")
+    g.add_argument("--lambda", dest="lambda_value", type=float, help="weight of the original distance (default 0.3)")
+    g.add_argument("--candidates", type=int, help="candidates per query that expansion and re-ranking see (default 100)")
+    g.add_argument("--dedupe", choices=("none", "image"), help="image: the best box per gallery image only")
+    g.add_argument("--no-postprocess", action="store_true", help="ignore the build's query-side settings")
+
+
+def _postprocess_options(args: argparse.Namespace):
+    """The post-processing asked for: overrides of the build's settings, or none of its query-side ones."""
+    overrides = {field: getattr(args, flag) for flag, field in _POSTPROCESS_FLAGS if getattr(args, flag) is not None}
+    if not args.no_postprocess:
+        return overrides
+    return {"qe_k": 0, "rerank": False, "dedupe": "none", **overrides}
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    from clothret.index.search import SearchIndex, top_items
+    from clothret.index.search import top_items
     from clothret.models import load_bundle, load_models
     from clothret.pipeline.query import search_images
+    from clothret.rerank.search import load_index
 
     models = load_models(load_bundle(args.bundle))
-    index = SearchIndex.load(args.index)
+    index = load_index(args.index, postprocess=_postprocess_options(args))
     images = [(Path(p).stem, p) for p in args.images]
     results, failures = search_images(models, index, images, k=max(20, 3 * args.top))
     for image_id, reason in failures.items():
@@ -301,10 +331,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from clothret.demo import evaluate
+    from clothret.evaluation.split import evaluate_split
+    from clothret.evaluation.submission import write_submission
+    from clothret.models import load_bundle, load_models
+    from clothret.rerank.search import load_index, search_options
 
-    scores, *_ = evaluate(args.split, args.bundle, args.index, args.out)
+    index = load_index(args.index, postprocess=_postprocess_options(args))
+    run = evaluate_split(args.split, load_models(load_bundle(args.bundle)), index)
+    scores = {**run.scores, "build_id": index.manifest.get("build_id"), "postprocess": search_options(index).label()}
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    write_submission(run.results, str(Path(args.out) / "submission.json"))
     (Path(args.out) / "scores.json").write_text(json.dumps(scores, indent=2, default=str))
     sys.stdout.write(json.dumps({k: v for k, v in scores.items() if k.startswith("acc@")}, indent=2) + "\n")
     return 0
@@ -438,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-steps", type=int, help="training steps per detector (default: by size)")
     p.add_argument("--embedder-steps", type=int, help="training steps per embedder (default: by size)")
     p.add_argument("--samples", type=int, default=12, help="query items shown with their top-10 in the report")
-    p.add_argument("--progress", action="store_true", help="training progress")
+    p.add_argument("--no-progress", action="store_true", help="no training progress")
     p.set_defaults(fn=cmd_experiment)
 
     p = sub.add_parser("catalogue", help="write a gallery manifest")
@@ -491,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", default=f"{wd}/models/bundle.yaml")
     p.add_argument("--index", default=f"{wd}/index")
     p.add_argument("--top", type=int, default=5)
+    _add_postprocess_arguments(p)
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("evaluate", help="Acc@k of a split's street images against the index")
@@ -498,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", default=f"{wd}/models/bundle.yaml")
     p.add_argument("--index", default=f"{wd}/index")
     p.add_argument("--out", default=f"{wd}/evaluation")
+    _add_postprocess_arguments(p)
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("report", help="HTML report of a submission file")

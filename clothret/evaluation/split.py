@@ -18,6 +18,8 @@ from clothret.evaluation.submission import write_submission
 from clothret.index.search import SearchIndex
 from clothret.models import LoadedModels, load_bundle, load_models
 from clothret.pipeline.query import search_images
+from clothret.rerank.config import PostProcessConfig
+from clothret.rerank.search import load_index, search_options
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +62,19 @@ class EvaluateConfig(BaseModel):
     build_id: str | None = Field(None, description="a build id; default: the serving build")
     out_url: str | None = Field(None, description="folder for submission.json and scores.json (optional)")
     device: str = Field("cpu", description="torch device for the models")
+    postprocess: PostProcessConfig | None = Field(
+        None, description="post-processing to search with; default: the build's own settings"
+    )
 
 
 def evaluate_build(config: EvaluateConfig) -> dict:
-    """Acc@k of one published build on a split; writes the submission and scores when ``out_url`` is set."""
-    index = SearchIndex.load(config.index_url, config.build_id)
+    """Acc@k of one published build on a split, searched with its post-processing settings (or
+    ``config.postprocess``); writes the submission and scores when ``out_url`` is set."""
+    index = load_index(config.index_url, config.build_id, postprocess=config.postprocess)
     models = load_models(load_bundle(config.bundle_url), device=config.device)
     run = evaluate_split(config.split_url, models, index)
-    scores = {**run.scores, "build_id": index.manifest.get("build_id"), "model_version": index.version}
+    scores = {**run.scores, "build_id": index.manifest.get("build_id"), "model_version": index.version,
+              "postprocess": search_options(index).label()}
     if config.out_url:
         out = config.out_url.rstrip("/")
         write_submission(run.results, f"{out}/submission.json")

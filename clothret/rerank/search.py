@@ -119,6 +119,11 @@ def build_settings(manifest: dict) -> PostProcessConfig:
     return PostProcessConfig.model_validate(manifest.get(MANIFEST_KEY, {}).get("config", {}))
 
 
+def search_options(index: SearchIndex) -> PostProcessConfig:
+    """The post-processing ``index`` searches with (its build's when it is a plain :class:`SearchIndex`)."""
+    return index.options if isinstance(index, PostProcessedIndex) else build_settings(index.manifest)
+
+
 def resolve_options(manifest: dict, postprocess: PostProcessConfig | dict | None) -> PostProcessConfig:
     """The options to search a build with: its own; a dict overrides some of them; a config replaces them."""
     if isinstance(postprocess, PostProcessConfig):
@@ -130,7 +135,7 @@ def resolve_options(manifest: dict, postprocess: PostProcessConfig | dict | None
 
 
 def with_postprocessing(index: SearchIndex, options: PostProcessConfig) -> SearchIndex:
-    """``index`` searched with ``options``: itself when nothing is on, else a :class:`PostProcessedIndex`.
+    """``index`` searched with ``options``: itself when everything is off, else a :class:`PostProcessedIndex`.
 
     Gallery-side options other than the build's rebuild an exact in-memory index from the build's vectors;
     a build that already changed its gallery vectors cannot give the original ones back (``ValueError``).
@@ -153,7 +158,7 @@ def with_postprocessing(index: SearchIndex, options: PostProcessConfig) -> Searc
         flat.add(vectors)
         manifest = {**index.manifest, MANIFEST_KEY: manifest_entry(options, figures)}
         index = SearchIndex(with_pretransform(flat, transforms), index.gallery, manifest, "memory")
-    if not options.changes_queries:
+    if options == PostProcessConfig():
         return index
     return PostProcessedIndex(index.index, index.gallery, index.manifest, index.load_mode, options)
 
@@ -175,5 +180,6 @@ __all__ = [
     "dedupe_by_image",
     "load_index",
     "resolve_options",
+    "search_options",
     "with_postprocessing",
 ]
