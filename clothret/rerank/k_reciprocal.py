@@ -54,9 +54,10 @@ def local_distances(vectors: np.ndarray, *, k1: int, k2: int, lambda_value: floa
     rank = np.argsort(dist, axis=1, kind="stable")
     r_full = _reciprocal(rank, k1)
     r_half = _reciprocal(rank, int(np.around(k1 / 2.0)))
-    overlap = r_full.astype(np.int32) @ r_half.T.astype(np.int32)  # [i, j] = |R(i, k1) & R(j, k1/2)|
-    expand = r_full & (3 * overlap >= 2 * r_half.sum(axis=1)[None, :])
-    r_star = r_full | ((expand.astype(np.int32) @ r_half.astype(np.int32)) > 0)
+    full, half = r_full.astype(np.float32), r_half.astype(np.float32)  # float matmuls: BLAS, exact for counts
+    overlap = full @ half.T  # [i, j] = |R(i, k1) & R(j, k1/2)|
+    expand = r_full & (3 * overlap >= 2 * half.sum(axis=1)[None, :])
+    r_star = r_full | ((expand.astype(np.float32) @ half) > 0)
     weights = np.where(r_star, np.exp(-dist), 0.0)
     v = weights / weights.sum(axis=1, keepdims=True)
     if k2 > 1:
