@@ -221,8 +221,16 @@ def build_and_publish(
     gallery = gather_gallery(config.store_url, version, catalog.segments, deleted_image_ids=catalog.deleted)
     index, figures = build_validated(gallery, config.index)
 
+    bundle = load_bundle(config.bundle_url)
+    if bundle.version() != version:
+        raise ValueError(
+            f"the bundle {config.bundle_url} changed during this run: it is model version {bundle.version()} now, "
+            f"the features were computed with {version}; re-run with a bundle that does not change under it"
+        )
     manifest = {
         "model_version": version,
+        "bundle_url": config.bundle_url,  # information only: the version does not depend on where files lie
+        "bundle": bundle.model_dump(mode="json"),
         "catalog_generation": catalog.generation,
         "segments": list(catalog.segments),
         "n_images": int(len(np.unique(gallery.image_ids))),

@@ -24,10 +24,13 @@ SEGMENT_CACHE = TASK_SOURCE + (INPUTS - "bundle_url" - "device" - "batch_size" -
 def plan_refresh(config: RefreshConfig, activate: bool = True) -> RefreshPlan:
     use_s3_block(config.s3_block)
     plan = refresh.plan(config, activate=activate)
-    get_run_logger().info(
+    logger = get_run_logger()
+    logger.info(
         "model version %s: %d live segments kept, %d segments to embed (%d images), %s",
         plan.version, len(plan.live), len(plan.new), plan.n_images_to_embed, plan.reasons,
     )
+    for seg_id, reason in plan.damaged.items():
+        logger.warning("segment %s is damaged (%s): treated as absent, its images are embedded again", seg_id, reason)
     return plan
 
 
