@@ -26,6 +26,9 @@ from clothret.models import cached_models, load_bundle
 from clothret.pipeline.plan import RefreshPlan, SegmentPlan, plan_refresh
 from clothret.pipeline.segment import run_segment
 from clothret.store.catalog import Catalog, read_catalog, swap_catalog
+from clothret.rerank.config import PostProcessConfig
+from clothret.rerank.gallery import postprocess_build
+from clothret.rerank.search import with_postprocessing
 from clothret.store.feature_store import check_segment, commit_segment, is_committed
 
 logger = logging.getLogger(__name__)
@@ -55,6 +58,10 @@ class RefreshConfig(BaseModel):
     )
 
 
+    postprocess: PostProcessConfig = Field(
+        default_factory=PostProcessConfig,
+        description="stored with each build: whitening/DBA in its vectors, query expansion/re-ranking as its search defaults",
+    )
 def serving_version(index_url: str) -> str | None:
     """The model version of the build the index serves, or ``None`` when nothing serves yet."""
     serving = current_build(index_url)
@@ -227,7 +234,9 @@ def build_and_publish(
             f"the bundle {config.bundle_url} changed during this run: it is model version {bundle.version()} now, "
             f"the features were computed with {version}; re-run with a bundle that does not change under it"
         )
+    gallery, finish_index, postprocess = postprocess_build(gallery, config.postprocess)
     manifest = {
+    index = finish_index(index)  # a whitened build whitens each query itself
         "model_version": version,
         "bundle_url": config.bundle_url,  # information only: the version does not depend on where files lie
         "bundle": bundle.model_dump(mode="json"),
@@ -241,10 +250,12 @@ def build_and_publish(
     }
     if config.eval_split_url:
         models = cached_models(config.bundle_url, version, str(resolve_device(config.device)))
-        run_eval = evaluate_split(config.eval_split_url, models, SearchIndex(index, gallery, manifest))
+        searched = with_postprocessing(SearchIndex(index, gallery, manifest), config.postprocess)
+        run_eval = evaluate_split(config.eval_split_url, models, searched)
         manifest.update(_acc_gate(config, run_eval.scores))
     published = publish_build(config.index_url, index, gallery, manifest, activate=activate, since=since, run=run)
     out = {**manifest, "build_id": published.build_id, "active": published.active}
+        **postprocess,
     if published.note:
         out["not_serving"] = published.note
     return out

@@ -252,6 +252,7 @@ def postprocess_options(reduced_dim: int) -> list[tuple[str, PostProcessConfig]]
         ("none", PostProcessConfig()),
         ("PCA whitening", PostProcessConfig(whiten=True)),
         (f"PCA whitening to {reduced_dim} dims", PostProcessConfig(whiten=True, whiten_dim=reduced_dim)),
+        ("PCA whitening, shrinkage 1", PostProcessConfig(whiten=True, whiten_shrinkage=1.0)),
         ("αQE (k=2, α=3)", PostProcessConfig(qe_k=2, qe_alpha=3.0)),
         ("DBA (k=2, α=3)", PostProcessConfig(dba_k=2, dba_alpha=3.0)),
         ("k-reciprocal (k1=20, k2=6, λ=0.3)", PostProcessConfig(**rerank)),
@@ -307,10 +308,11 @@ def retrieval_stage(
     reduced = max(1, whitening_rank(gallery.features) // 2)
     postprocess = []
     for label, options in postprocess_options(reduced):
-        name = f"A + B, {label}"
-        run = runs[ONE_VS_CONCAT[-1][0]] if options == PostProcessConfig() else search_gallery(
-            name, queries, gallery_records, gallery, concat, options)
-        runs.setdefault(name, run)
+        if options == PostProcessConfig():  # the concatenation's run of Table 6
+            run = runs[ONE_VS_CONCAT[-1][0]]
+        else:
+            run = runs[f"A + B, {label}"] = search_gallery(f"A + B, {label}", queries, gallery_records, gallery,
+                                                           concat, options)
         postprocess.append(_row(run, option=label, settings=options.model_dump(exclude_defaults=True)))
 
     box_count = []
