@@ -25,10 +25,10 @@ from clothret.index.search import SearchIndex
 from clothret.models import cached_models, load_bundle
 from clothret.pipeline.plan import RefreshPlan, SegmentPlan, plan_refresh
 from clothret.pipeline.segment import run_segment
-from clothret.store.catalog import Catalog, read_catalog, swap_catalog
 from clothret.rerank.config import PostProcessConfig
 from clothret.rerank.gallery import postprocess_build
 from clothret.rerank.search import with_postprocessing
+from clothret.store.catalog import Catalog, read_catalog, swap_catalog
 from clothret.store.feature_store import check_segment, commit_segment, is_committed
 
 logger = logging.getLogger(__name__)
@@ -53,15 +53,15 @@ class RefreshConfig(BaseModel):
         None, description="a split in the DeepFashion2 layout whose street images evaluate each build (Acc@k gate)"
     )
     max_acc_drop: float = Field(0.02, ge=0, le=1, description="largest Acc@10 drop against the serving build")
+    postprocess: PostProcessConfig = Field(
+        default_factory=PostProcessConfig,
+        description="stored with each build: whitening/DBA in its vectors, query expansion/re-ranking as its search defaults",
+    )
     s3_block: str | None = Field(
         None, description="name of a Prefect Secret block holding s3fs options as JSON (default: AWS_* environment)"
     )
 
 
-    postprocess: PostProcessConfig = Field(
-        default_factory=PostProcessConfig,
-        description="stored with each build: whitening/DBA in its vectors, query expansion/re-ranking as its search defaults",
-    )
 def serving_version(index_url: str) -> str | None:
     """The model version of the build the index serves, or ``None`` when nothing serves yet."""
     serving = current_build(index_url)
@@ -226,7 +226,9 @@ def build_and_publish(
     if not catalog.segments:
         raise ValueError(f"the catalog of version {version} in {config.store_url} has no live segments to index")
     gallery = gather_gallery(config.store_url, version, catalog.segments, deleted_image_ids=catalog.deleted)
+    gallery, finish_index, postprocess = postprocess_build(gallery, config.postprocess)
     index, figures = build_validated(gallery, config.index)
+    index = finish_index(index)  # a whitened build whitens each query itself
 
     bundle = load_bundle(config.bundle_url)
     if bundle.version() != version:
@@ -234,9 +236,7 @@ def build_and_publish(
             f"the bundle {config.bundle_url} changed during this run: it is model version {bundle.version()} now, "
             f"the features were computed with {version}; re-run with a bundle that does not change under it"
         )
-    gallery, finish_index, postprocess = postprocess_build(gallery, config.postprocess)
     manifest = {
-    index = finish_index(index)  # a whitened build whitens each query itself
         "model_version": version,
         "bundle_url": config.bundle_url,  # information only: the version does not depend on where files lie
         "bundle": bundle.model_dump(mode="json"),
@@ -246,6 +246,7 @@ def build_and_publish(
         "n_items": int(len(np.unique(gallery.item_ids))),
         "n_boxes": int(len(gallery)),
         **figures,
+        **postprocess,
         **(extra or {}),
     }
     if config.eval_split_url:
@@ -255,7 +256,6 @@ def build_and_publish(
         manifest.update(_acc_gate(config, run_eval.scores))
     published = publish_build(config.index_url, index, gallery, manifest, activate=activate, since=since, run=run)
     out = {**manifest, "build_id": published.build_id, "active": published.active}
-        **postprocess,
     if published.note:
         out["not_serving"] = published.note
     return out
