@@ -3,9 +3,7 @@ build, validate and publish the index, all under the lease of the store's model 
 
 from __future__ import annotations
 
-import dask
 from prefect import flow
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from clothret.errors import SegmentsFailed
@@ -13,6 +11,7 @@ from clothret.models import load_bundle
 from clothret.refresh import RefreshConfig, refresh_counts
 from clothret.store.lease import hold_lease
 from flows.cluster import dask_task_runner, task_resources
+from flows.segment_runs import run_segments
 from tasks.artifacts import publish_run_artifacts, start_progress, update_progress
 from tasks.refresh import commit_catalog, embed_segment, plan_refresh, publish_index
 from tasks.storage import use_s3_block
@@ -31,30 +30,30 @@ def _steps(config: RefreshConfig, *, activate: bool, key: str) -> dict:
     plan = plan_refresh(config, activate)
     what = f"{key} {plan.version}"
     progress = start_progress(len(plan.new), what)
-    with dask.annotate(resources=task_resources()):
-        futures = [
-            embed_segment.with_options(refresh_cache=segment.segment_id not in plan.committed).submit(
-                segment, config.bundle_url, plan.version, config.device, config.batch_size, config.s3_block
-            )
-            for segment in plan.new
-        ]
+
+    def submit(segment):
+        return embed_segment.with_options(refresh_cache=segment.segment_id not in plan.committed).submit(
+            segment, config.bundle_url, plan.version, config.device, config.batch_size, config.s3_block
+        )
+
     results, errors, cached = [], {}, 0
-    for done, future in enumerate(as_completed(futures), start=1):
-        outcome = future.result(raise_on_failure=False)
+    runs = run_segments(submit, plan.new, resources=task_resources())  # a lost worker costs only its segment
+    for done, (segment, outcome, from_cache) in enumerate(runs, start=1):
         if isinstance(outcome, BaseException):
-            errors[future.task_run_id] = repr(outcome)
-        elif future.state.name == "Cached":  # finished by an earlier run: its result says "computed"
+            errors[segment.segment_id] = f"{type(outcome).__name__}: {outcome}"
+        elif from_cache:  # finished by an earlier run: its result says "computed"
             results.append({**outcome, "computed": False})
             cached += 1
         else:
             results.append(outcome)
-        update_progress(progress, done, len(futures), what)
+        update_progress(progress, done, len(plan.new), what)
     commit_catalog(config, plan, [r["segment_id"] for r in results])
     counts = {**refresh_counts(plan, results), "segments_cached": cached, "segments_failed": len(errors)}
     if errors:
         publish_run_artifacts(key, counts, None)
         raise SegmentsFailed(
-            f"{len(errors)} of {len(futures)} segments failed after retries ({list(errors.values())[:3]}); "
+            f"{len(errors)} of {len(plan.new)} segments failed after retries "
+            f"({'; '.join(f'segment {k}: {v}' for k, v in list(errors.items())[:3])}); "
             f"the {len(results)} finished segments are committed and a re-run computes only the rest"
         )
     manifest = publish_index(config, plan.version, activate, counts)
