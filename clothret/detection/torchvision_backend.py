@@ -3,7 +3,9 @@
 A :class:`TorchvisionDetectorConfig` names an architecture and a backbone from two registries of
 keyword-only builders; :func:`build_detector_model` turns it into an ``nn.Module`` without downloading
 anything. :class:`TorchvisionDetector` runs a model on RGB uint8 images and returns DeepFashion2 category
-ids 1-13. Weights are a safetensors file plus a model card holding ``kind`` and ``config``, so
+ids 1-13: :meth:`~TorchvisionDetector.detect` on numpy images through torchvision's own forward,
+:meth:`~TorchvisionDetector.detect_resident` on images already on the device, batched end to end
+(:mod:`clothret.detection.batched`). Weights are a safetensors file plus a model card holding ``kind`` and ``config``, so
 :meth:`TorchvisionDetector.from_weights` can rebuild the exact model.
 """
 
@@ -31,6 +33,8 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from clothret.datasets.records import NUM_CATEGORIES
+from clothret.detection import batched
+from clothret.detection.batched import AnchorCache, DenseParts
 from clothret.detection.types import Detections
 from clothret.weights import load_weights, save_weights
 
@@ -437,6 +441,24 @@ class TorchvisionDetector:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.model = model.to(self.device).eval()
+        self._anchors = AnchorCache()
+        self._parts: DenseParts | None = None
+        self._layout: tuple[bool, str] = (False, "off")
+
+    def configure(self, *, channels_last: bool = False, compile: str = "off") -> None:
+        """How :meth:`detect_resident` runs the network: weights in ``channels_last`` memory format, and the
+        backbone and heads through ``torch.compile`` (``compile`` is a mode such as ``"default"`` or
+        ``"reduce-overhead"``, or ``"off"``). Calling it again with the same settings does nothing."""
+        if (channels_last, compile) == self._layout and self._parts is not None:
+            return
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=fmt)
+        if compile == "off":
+            self._parts = DenseParts.of(self.model)
+        else:
+            self._parts = DenseParts.of(self.model, lambda m: torch.compile(m, mode=compile, dynamic=False))
+            logger.info("detector %s: backbone and heads compiled (mode %s)", self.name, compile)
+        self._layout = (channels_last, compile)
 
     @classmethod
     def from_weights(cls, weights_url: str, *, name: str | None = None, device: str = "cpu") -> TorchvisionDetector:
@@ -472,6 +494,33 @@ class TorchvisionDetector:
                         )
                     )
         return out
+
+    def detect_resident(
+        self, images: Sequence[torch.Tensor], *, autocast_dtype: torch.dtype | None = None
+    ) -> list[Detections]:
+        """:meth:`detect` for uint8 (3, H, W) tensors already on :attr:`device`, batched on the device
+        (:mod:`clothret.detection.batched`); ``autocast_dtype`` runs the network under autocast."""
+        if not images:
+            return []
+        if self._parts is None:
+            self.configure()
+        self.model.eval()
+        channels_last = self._layout[0]
+        out: list[Detections] = []
+        for start in range(0, len(images), self.batch_size):
+            found = batched.detect_resident(
+                self.model, images[start : start + self.batch_size], anchors=self._anchors, parts=self._parts,
+                autocast_dtype=autocast_dtype, channels_last=channels_last,
+            )
+            out.extend(_to_detections(found.to_host(), self.config))
+        return out
+
+
+def _to_detections(parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], config) -> list[Detections]:
+    return [
+        Detections(boxes.numpy(), scores.numpy(), labels_to_category_ids(labels, config).numpy())
+        for boxes, scores, labels in parts
+    ]
 
 
 def save_detector(

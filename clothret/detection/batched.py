@@ -1,0 +1,430 @@
+"""Batched, device-resident inference of torchvision's FCOS, RetinaNet and Faster R-CNN.
+
+torchvision's detectors convert, normalise and resize their inputs image by image, and their
+post-processing loops over the images of a batch in Python. :func:`detect_resident` runs the same
+networks on uint8 ``(3, H, W)`` images that are already on the model's device:
+
+- images of equal size are converted, normalised and resized together (one ``interpolate`` per size),
+  then padded into one batch (optionally ``channels_last``); the dense part runs under autocast when a
+  dtype is given, the post-processing always in float32;
+- the post-processing is batched: one top-k per feature level over the whole batch, then
+  :func:`nms_per_image`, which runs non-maximum suppression for all images at once (per-image and
+  per-class offsets) on the best-scoring candidates of each image only, as many as decide its first
+  ``limit`` kept boxes (greedy NMS decides a box from the boxes that score higher only, so this is exact);
+- the anchors of a batch shape are computed once and cached.
+
+In float32 its boxes, scores and labels are torchvision's own up to float rounding
+(tests/test_batched_detection.py compares them on seeded random models).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.rpn import concat_box_prediction_layers
+from torchvision.ops import nms
+
+logger = logging.getLogger(__name__)
+
+_FIRST_PREFIX = 4
+""":func:`nms_per_image` first looks at the best ``_FIRST_PREFIX * limit`` candidates of each image."""
+_MIN_PREFIX = 64
+
+
+@dataclass
+class ResidentDetections:
+    """The detections of a batch, on the device: one row per box, rows grouped by image (ascending), each
+    image's rows by descending score. ``labels`` are the model's internal labels."""
+
+    boxes: Tensor  # (n, 4) float32 pixel x1, y1, x2, y2 of the original image
+    scores: Tensor  # (n,) float32
+    labels: Tensor  # (n,) int64
+    image_index: Tensor  # (n,) int64
+    num_images: int
+
+    def to_host(self) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per image ``(boxes, scores, labels)`` CPU tensors, in one device-to-host copy."""
+        packed = torch.cat(
+            [self.boxes, self.scores[:, None], self.labels[:, None].float(), self.image_index[:, None].float()], dim=1
+        ).cpu()
+        counts = torch.bincount(packed[:, 6].long(), minlength=self.num_images).tolist()
+        return [
+            (part[:, :4], part[:, 4], part[:, 5].long())
+            for part in packed.split(counts)
+        ]
+
+
+@dataclass
+class _Prepared:
+    batch: Tensor  # (B, 3, Hp, Wp) normalised, resized, padded
+    sizes: list[tuple[int, int]]  # resized (h, w) of each image
+    original: list[tuple[int, int]]  # original (h, w) of each image
+
+
+# --------------------------------------------------------------------------------------------- input
+
+
+def check_images(images: Sequence[Tensor]) -> None:
+    """Every image must be a uint8 (3, H, W) tensor on one device; errors name the image index."""
+    device = None
+    for i, img in enumerate(images):
+        if not isinstance(img, Tensor):
+            raise ValueError(f"image {i} must be a torch tensor, got {type(img).__name__}")
+        if img.ndim != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
+            raise ValueError(f"image {i} must have shape (3, H, W), got {tuple(img.shape)}")
+        if img.dtype != torch.uint8:
+            raise ValueError(f"image {i} must be uint8 RGB, got dtype {img.dtype}")
+        if device is None:
+            device = img.device
+        elif img.device != device:
+            raise ValueError(f"image {i} is on {img.device} but image 0 is on {device}: one device per batch")
+
+
+def prepare_batch(images: Sequence[Tensor], transform: nn.Module, *, channels_last: bool = False) -> _Prepared:
+    """What torchvision's ``GeneralizedRCNNTransform`` does in eval mode, with equal sizes batched.
+
+    uint8 (3, H, W) images -> float in [0, 1] -> normalised -> resized (min_size / max_size, bilinear) ->
+    padded to a multiple of ``size_divisible`` in one (B, 3, Hp, Wp) tensor.
+    """
+    device = images[0].device
+    mean = torch.as_tensor(transform.image_mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.as_tensor(transform.image_std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault((int(img.shape[1]), int(img.shape[2])), []).append(i)
+    resized: list[Tensor | None] = [None] * len(images)
+    for (h, w), members in groups.items():
+        x = torch.stack([images[i] for i in members]).float().div_(255.0)
+        x = (x - mean) / std
+        if transform.fixed_size is not None:
+            size, scale = [transform.fixed_size[1], transform.fixed_size[0]], None
+        else:
+            size, scale = None, min(float(transform.min_size[-1]) / min(h, w), float(transform.max_size) / max(h, w))
+        x = F.interpolate(
+            x, size=size, scale_factor=scale, mode="bilinear", recompute_scale_factor=True if scale else None,
+            align_corners=False,
+        )
+        for j, i in enumerate(members):
+            resized[i] = x[j]
+    sizes = [(int(r.shape[-2]), int(r.shape[-1])) for r in resized]
+    stride = float(transform.size_divisible)
+    height = int(-(-max(h for h, _ in sizes) // stride) * stride)
+    width = int(-(-max(w for _, w in sizes) // stride) * stride)
+    batch = resized[0].new_zeros((len(images), 3, height, width))
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    for i, r in enumerate(resized):
+        batch[i, :, : r.shape[-2], : r.shape[-1]].copy_(r)
+    return _Prepared(batch, sizes, [(int(img.shape[1]), int(img.shape[2])) for img in images])
+
+
+# --------------------------------------------------------------------------------------------- anchors
+
+
+class AnchorCache:
+    """The anchors of one generator for each batch shape and feature sizes, computed once in float32."""
+
+    def __init__(self, max_entries: int = 8) -> None:
+        self.max_entries = max_entries
+        self._cache: dict[tuple, Tensor] = {}
+
+    def get(self, generator: nn.Module, image_shape: Sequence[int], feature_shapes: Sequence[Sequence[int]],
+            device: torch.device) -> Tensor:
+        key = (tuple(image_shape), tuple(tuple(s) for s in feature_shapes), str(device))
+        anchors = self._cache.get(key)
+        if anchors is None:
+            generator.set_cell_anchors(torch.float32, device)
+            strides = [
+                [torch.tensor(image_shape[0] // g[0], dtype=torch.int64, device=device),
+                 torch.tensor(image_shape[1] // g[1], dtype=torch.int64, device=device)]
+                for g in feature_shapes
+            ]
+            anchors = torch.cat(generator.grid_anchors([list(g) for g in feature_shapes], strides))
+            if len(self._cache) >= self.max_entries:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = anchors
+        return anchors
+
+
+# --------------------------------------------------------------------------------------------- NMS
+
+
+def _grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, image_index: Tensor, iou_threshold: float,
+                 one_call: bool) -> Tensor:
+    """Indices of the boxes NMS keeps, boxes of different images or groups never suppressing each other.
+
+    Each (image, group) gets its own tile of the plane: x is offset by the image, y by the group, which keeps
+    the offsets (and float rounding) far smaller than one offset per (image, group) pair would. Without
+    ``one_call`` (the CPU's way, where NMS costs grow with all boxes times the kept ones) each image runs alone.
+    """
+    span = boxes.max().clamp(min=0) + 1
+    shifted = boxes.clone()
+    shifted[:, 1::2] += (groups.to(boxes.dtype) * span)[:, None]
+    if one_call:
+        shifted[:, 0::2] += (image_index.to(boxes.dtype) * span)[:, None]
+        return nms(shifted, scores, iou_threshold)
+    keep, start = [], 0
+    for count in torch.bincount(image_index).tolist():  # image_index is grouped by image
+        if count:
+            keep.append(nms(shifted[start : start + count], scores[start : start + count], iou_threshold) + start)
+        start += count
+    return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.int64, device=boxes.device)
+
+
+def _by_image_then_score(scores: Tensor, image_index: Tensor) -> Tensor:
+    """An ordering of the rows: by image ascending, then by score descending (stable)."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    return order[torch.argsort(image_index[order], stable=True)]
+
+
+def _rank_in_image(image_sorted: Tensor, num_images: int) -> Tensor:
+    """For rows sorted by image, each row's position within its image."""
+    counts = torch.bincount(image_sorted, minlength=num_images)
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.arange(len(image_sorted), device=image_sorted.device) - starts[image_sorted]
+
+
+def nms_per_image(
+    boxes: Tensor, scores: Tensor, groups: Tensor, image_index: Tensor, num_images: int, iou_threshold: float,
+    limit: int, *, one_call: bool | None = None,
+) -> Tensor:
+    """torchvision's ``batched_nms(...)[:limit]`` of every image of a batch, in one go.
+
+    ``groups`` (labels or levels) and ``image_index`` are int64 per box. Returns indices into the boxes,
+    grouped by image (ascending) and by descending score within an image, at most ``limit`` per image.
+    Greedy NMS keeps or drops a box by looking at higher-scoring boxes only, so NMS over each image's best
+    ``m`` candidates decides those exactly; ``m`` grows (x4) only for images where fewer than ``limit`` of
+    them survive. ``one_call`` (default: off the CPU) runs the NMS of all images in one call.
+    """
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    if one_call is None:
+        one_call = boxes.device.type != "cpu"
+    order = _by_image_then_score(scores, image_index)
+    image_sorted = image_index[order]
+    rank = _rank_in_image(image_sorted, num_images)
+    per_image = torch.bincount(image_sorted, minlength=num_images)
+    active = torch.ones(num_images, dtype=torch.bool, device=boxes.device)
+    prefix = max(_FIRST_PREFIX * limit, _MIN_PREFIX)
+    parts = []
+    while True:
+        candidates = order[(rank < prefix) & active[image_sorted]]
+        kept = candidates[
+            _grouped_nms(boxes[candidates], scores[candidates], groups[candidates], image_index[candidates],
+                         iou_threshold, one_call)
+        ]
+        kept_per_image = torch.bincount(image_index[kept], minlength=num_images)
+        more = active & (kept_per_image < limit) & (per_image > prefix)
+        parts.append(kept[~more[image_index[kept]]])
+        if not bool(more.any()):
+            break
+        active, prefix = more, prefix * 4
+    kept = torch.cat(parts)
+    kept = kept[_by_image_then_score(scores[kept], image_index[kept])]
+    return kept[_rank_in_image(image_index[kept], num_images) < limit]
+
+
+# --------------------------------------------------------------------------------------------- boxes
+
+
+def _clip(boxes: Tensor, limits: Tensor) -> Tensor:
+    """Clip (..., 4) boxes to per-row ``limits`` (..., 2) = (height, width), like ``clip_boxes_to_image``."""
+    x = torch.minimum(boxes[..., 0::2].clamp(min=0), limits[..., 1:2])
+    y = torch.minimum(boxes[..., 1::2].clamp(min=0), limits[..., 0:1])
+    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
+
+
+def _sizes(sizes: Sequence[tuple[int, int]], device: torch.device) -> Tensor:
+    return torch.tensor(sizes, dtype=torch.float32, device=device).reshape(-1, 2)
+
+
+def _to_original(boxes: Tensor, image_index: Tensor, prepared: _Prepared) -> Tensor:
+    """Boxes of the resized images -> boxes of the original images (torchvision's ``resize_boxes``)."""
+    device = boxes.device
+    ratio = _sizes(prepared.original, device) / _sizes(prepared.sizes, device)  # (B, 2): height, width
+    r = ratio[image_index]
+    return boxes * torch.stack((r[:, 1], r[:, 0], r[:, 1], r[:, 0]), dim=1)
+
+
+def _finish(boxes, scores, labels, image_index, keep, prepared) -> ResidentDetections:
+    boxes, image_index = boxes[keep], image_index[keep]
+    return ResidentDetections(
+        _to_original(boxes, image_index, prepared), scores[keep], labels[keep], image_index, len(prepared.sizes)
+    )
+
+
+# --------------------------------------------------------------------------------------------- one-stage
+
+
+def _one_stage(model: FCOS | RetinaNet, prepared: _Prepared, anchors: AnchorCache, parts: DenseParts,
+               amp: Callable) -> ResidentDetections:
+    with amp():
+        features = list(parts.backbone(prepared.batch).values())
+        outputs = parts.head(features)
+    batch = prepared.batch
+    anchor_boxes = anchors.get(
+        model.anchor_generator, batch.shape[-2:], [f.shape[-2:] for f in features], batch.device
+    )
+    hw = [f.shape[-2] * f.shape[-1] for f in features]
+    per_level = [n * (outputs["cls_logits"].shape[1] // sum(hw)) for n in hw]
+    logits = outputs["cls_logits"].float()
+    regression = outputs["bbox_regression"].float()
+    centerness = outputs["bbox_ctrness"].float() if isinstance(model, FCOS) else None
+    num_images, _, num_classes = logits.shape
+    limits = _sizes(prepared.sizes, batch.device)[:, None, :]  # (B, 1, 2)
+    all_boxes, all_scores, all_labels = [], [], []
+    start = 0
+    for n in per_level:
+        level = slice(start, start + n)
+        if centerness is not None:
+            scores = torch.sqrt(torch.sigmoid(logits[:, level]) * torch.sigmoid(centerness[:, level])).flatten(1)
+        else:
+            scores = torch.sigmoid(logits[:, level]).flatten(1)
+        top_scores, top_idx = scores.topk(min(model.topk_candidates, scores.shape[1]), dim=1)
+        anchor_idx = torch.div(top_idx, num_classes, rounding_mode="floor")
+        codes = regression[:, level].gather(1, anchor_idx[..., None].expand(-1, -1, 4))
+        level_anchors = anchor_boxes[level][anchor_idx]
+        if isinstance(model, FCOS):
+            boxes = model.box_coder.decode(codes, level_anchors)
+        else:
+            boxes = model.box_coder.decode_single(codes.reshape(-1, 4), level_anchors.reshape(-1, 4)).view(codes.shape)
+        all_boxes.append(_clip(boxes, limits))
+        all_scores.append(top_scores)
+        all_labels.append(top_idx % num_classes)
+        start += n
+    boxes, scores, labels = torch.cat(all_boxes, 1), torch.cat(all_scores, 1), torch.cat(all_labels, 1)
+    image_index = torch.arange(num_images, device=batch.device)[:, None].expand_as(scores)
+    valid = scores > model.score_thresh
+    boxes, scores, labels, image_index = boxes[valid], scores[valid], labels[valid], image_index[valid]
+    keep = nms_per_image(boxes, scores, labels, image_index, num_images, model.nms_thresh, model.detections_per_img)
+    return _finish(boxes, scores, labels, image_index, keep, prepared)
+
+
+# --------------------------------------------------------------------------------------------- two-stage
+
+
+def _proposals(model: FasterRCNN, features: list[Tensor], prepared: _Prepared, anchors: AnchorCache,
+               rpn_head: Callable, amp: Callable) -> list[Tensor]:
+    """The RPN's proposals per image (torchvision's ``RegionProposalNetwork`` in eval mode, batched)."""
+    rpn = model.rpn
+    batch = prepared.batch
+    with amp():
+        objectness, deltas = rpn_head(features)
+    anchor_boxes = anchors.get(rpn.anchor_generator, batch.shape[-2:], [f.shape[-2:] for f in features], batch.device)
+    per_level = [o[0].numel() for o in objectness]
+    objectness, deltas = concat_box_prediction_layers([o.float() for o in objectness], [d.float() for d in deltas])
+    num_images = batch.shape[0]
+    proposals = rpn.box_coder.decode_single(deltas, anchor_boxes.repeat(num_images, 1)).view(num_images, -1, 4)
+    objectness = objectness.reshape(num_images, -1)
+    levels = torch.cat([torch.full((n,), i, dtype=torch.int64, device=batch.device) for i, n in enumerate(per_level)])
+    top_idx = rpn._get_top_n_idx(objectness, per_level)
+    rows = torch.arange(num_images, device=batch.device)[:, None]
+    scores = torch.sigmoid(objectness[rows, top_idx])
+    levels = levels[top_idx]
+    boxes = _clip(proposals[rows, top_idx], _sizes(prepared.sizes, batch.device)[:, None, :])
+    widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+    valid = (widths >= rpn.min_size) & (heights >= rpn.min_size) & (scores >= rpn.score_thresh)
+    image_index = rows.expand_as(scores)[valid]
+    boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
+    keep = nms_per_image(boxes, scores, levels, image_index, num_images, rpn.nms_thresh, rpn.post_nms_top_n())
+    counts = torch.bincount(image_index[keep], minlength=num_images).tolist()
+    return list(boxes[keep].split(counts))
+
+
+def _two_stage(model: FasterRCNN, prepared: _Prepared, anchors: AnchorCache, parts: DenseParts,
+               amp: Callable) -> ResidentDetections:
+    heads = model.roi_heads
+    with amp():
+        features = parts.backbone(prepared.batch)
+    proposals = _proposals(model, list(features.values()), prepared, anchors, parts.rpn_head, amp)
+    with amp():
+        pooled = heads.box_roi_pool(features, proposals, prepared.sizes)
+        class_logits, box_regression = heads.box_predictor(parts.box_head(pooled))
+    num_images = len(proposals)
+    device = prepared.batch.device
+    counts = torch.tensor([len(p) for p in proposals], device=device)
+    boxes = heads.box_coder.decode(box_regression.float(), proposals)  # (R, C, 4)
+    scores = F.softmax(class_logits.float(), -1)
+    num_classes = scores.shape[-1]
+    image_index = torch.repeat_interleave(torch.arange(num_images, device=device), counts)
+    boxes = _clip(boxes, _sizes(prepared.sizes, device)[image_index][:, None, :])
+    labels = torch.arange(num_classes, device=device).view(1, -1).expand_as(scores)
+    image_index = image_index[:, None].expand_as(scores)
+    boxes, scores = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1)
+    labels, image_index = labels[:, 1:].reshape(-1), image_index[:, 1:].reshape(-1)
+    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    valid = (scores > heads.score_thresh) & (widths >= 1e-2) & (heights >= 1e-2)
+    boxes, scores, labels, image_index = boxes[valid], scores[valid], labels[valid], image_index[valid]
+    keep = nms_per_image(boxes, scores, labels, image_index, num_images, heads.nms_thresh, heads.detections_per_img)
+    return _finish(boxes, scores, labels, image_index, keep, prepared)
+
+
+# --------------------------------------------------------------------------------------------- entry
+
+
+@dataclass
+class DenseParts:
+    """The parts of a detector that run on feature maps, possibly compiled; by default the model's own."""
+
+    backbone: Callable
+    head: Callable | None = None  # FCOS / RetinaNet
+    rpn_head: Callable | None = None  # Faster R-CNN
+    box_head: Callable | None = None  # Faster R-CNN
+
+    @classmethod
+    def of(cls, model: nn.Module, wrap: Callable[[nn.Module], Callable] = lambda m: m) -> DenseParts:
+        if isinstance(model, FasterRCNN):
+            return cls(wrap(model.backbone), rpn_head=wrap(model.rpn.head), box_head=wrap(model.roi_heads.box_head))
+        if isinstance(model, (FCOS, RetinaNet)):
+            return cls(wrap(model.backbone), head=wrap(model.head))
+        raise ValueError(
+            f"batched inference supports FCOS, RetinaNet and FasterRCNN models, got {type(model).__name__}"
+        )
+
+
+def detect_resident(
+    model: nn.Module,
+    images: Sequence[Tensor],
+    *,
+    anchors: AnchorCache,
+    parts: DenseParts | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> ResidentDetections:
+    """Detections of ``model`` (in eval mode) on uint8 (3, H, W) images on its device, batched.
+
+    ``autocast_dtype`` (bf16 / fp16, or None for float32) runs the backbone and heads under autocast;
+    the post-processing is float32 either way.
+    """
+    check_images(images)
+    parts = parts or DenseParts.of(model)
+    if not images:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return ResidentDetections(torch.zeros((0, 4)), torch.zeros(0), empty, empty, 0)
+    device = images[0].device
+
+    def amp():
+        return torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None)
+
+    with torch.inference_mode():
+        prepared = prepare_batch(images, model.transform, channels_last=channels_last)
+        if isinstance(model, FasterRCNN):
+            return _two_stage(model, prepared, anchors, parts, amp)
+        return _one_stage(model, prepared, anchors, parts, amp)
+
+
+__all__ = [
+    "AnchorCache",
+    "DenseParts",
+    "ResidentDetections",
+    "check_images",
+    "detect_resident",
+    "nms_per_image",
+    "prepare_batch",
+]

@@ -1,0 +1,135 @@
+"""Batched, device-resident detection (clothret.detection.batched) against torchvision's own forward, on the CPU:
+the same boxes, scores and labels on seeded random models, and NMS per image against torchvision's batched_nms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import batched_nms
+
+from clothret.detection.batched import AnchorCache, detect_resident, nms_per_image
+from clothret.detection.torchvision_backend import (
+    ARCHITECTURES,
+    TorchvisionDetector,
+    TorchvisionDetectorConfig,
+    build_detector_model,
+)
+
+TINY = {"backbone": "mobilenet_v3_small", "fpn_channels": 32, "min_size": 64, "max_size": 96}
+SHAPES = [(60, 80), (72, 48), (60, 80), (100, 90), (60, 80), (33, 47)]  # three of one size: resized together
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(min(2, old))
+    yield
+    torch.set_num_threads(old)
+
+
+def _images(seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in SHAPES]
+
+
+def _sorted(boxes, scores, labels):
+    """Rows by descending score, ties by coordinates and label (equal scores may come in either order)."""
+    boxes, scores, labels = np.asarray(boxes), np.asarray(scores), np.asarray(labels)
+    order = np.lexsort((labels, boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], -scores))
+    return boxes[order], scores[order], labels[order]
+
+
+def _assert_same(expected, got, *, atol=1e-4):
+    """The same detections per image. At the ``detections_per_img`` cut, boxes of exactly equal score (random
+    models make some) may be kept in either implementation: there only the scores must agree."""
+    assert len(expected) == len(got)
+    for i, (e, g) in enumerate(zip(expected, got)):
+        assert len(e) == len(g), f"image {i}: {len(e)} boxes expected, got {len(g)}"
+        eb, es, el = _sorted(e.boxes, e.scores, e.labels)
+        gb, gs, gl = _sorted(g.boxes, g.scores, g.labels)
+        np.testing.assert_allclose(gs, es, atol=atol, err_msg=f"image {i}")
+        above = es > es.min() + atol if len(es) else es.astype(bool)
+        np.testing.assert_allclose(gb[above], eb[above], atol=atol, err_msg=f"image {i}")
+        np.testing.assert_array_equal(gl[above], el[above], err_msg=f"image {i}")
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"score_thresh": 0.0, "detections_per_img": 100},  # every candidate counts: long NMS inputs
+        {"score_thresh": 0.0, "detections_per_img": 30, "nms_thresh": 0.05},  # heavy suppression: the prefix grows
+        {"score_thresh": None, "detections_per_img": 100},  # a threshold amid the scores: some candidates drop
+    ],
+    ids=["thresh0", "suppress", "thresh-mid"],
+)
+def test_batched_detection_is_torchvisions(architecture, settings):
+    torch.manual_seed(0)
+    config = TorchvisionDetectorConfig(architecture=architecture, **TINY, **{**settings, "score_thresh": 0.0})
+    detector = TorchvisionDetector(build_detector_model(config), config, name=architecture)
+    images = _images()
+    if settings["score_thresh"] is None:  # random models score in a narrow band: cut it in the middle
+        middle = float(np.median(np.concatenate([d.scores for d in detector.detect(images)])))
+        model = detector.model.roi_heads if architecture == "faster_rcnn" else detector.model
+        model.score_thresh = middle
+    expected = detector.detect(images)  # torchvision's forward, image by image
+    got = detector.detect_resident([torch.from_numpy(img).permute(2, 0, 1) for img in images])
+    assert sum(len(d) for d in expected) > 0
+    _assert_same(expected, got)
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_channels_last_keeps_the_best_boxes(architecture):
+    """channels-last changes the convolutions' summation order: the leading boxes stay put."""
+    torch.manual_seed(1)
+    config = TorchvisionDetectorConfig(architecture=architecture, **TINY, score_thresh=0.0, detections_per_img=20)
+    detector = TorchvisionDetector(build_detector_model(config), config)
+    images = [torch.from_numpy(img).permute(2, 0, 1) for img in _images(1)]
+    plain = detector.detect_resident(images)
+    detector.configure(channels_last=True)
+    assert detector.model.backbone.body["0"][0].weight.is_contiguous(memory_format=torch.channels_last)
+    fast = detector.detect_resident(images)
+    for p, f in zip(plain, fast):
+        np.testing.assert_allclose(f.scores[:5], p.scores[:5], atol=1e-4)
+        np.testing.assert_allclose(f.boxes[:5], p.boxes[:5], atol=1e-2)
+
+
+def _random_boxes(rng, n, size=100.0):
+    xy = rng.uniform(0, size, (n, 2))
+    wh = rng.uniform(2, size / 3, (n, 2))
+    return torch.tensor(np.concatenate([xy, xy + wh], 1), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("one_call", [False, True], ids=["per-image", "one-call"])
+def test_nms_per_image_is_batched_nms_image_by_image(one_call):
+    """Both ways of grouping: NMS image by image (the CPU's), all images in one call with offsets (CUDA's)."""
+    rng = np.random.default_rng(3)
+    counts = [0, 500, 37, 1200, 3]
+    image_index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    perm = torch.from_numpy(rng.permutation(len(image_index)))  # rows of the images interleaved
+    image_index = image_index[perm]
+    boxes = _random_boxes(rng, len(image_index))
+    scores = torch.from_numpy(rng.uniform(0, 1, len(image_index)).astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, 4, len(image_index)))
+    for iou, limit in ((0.5, 100), (0.1, 7), (0.9, 1000)):
+        keep = nms_per_image(boxes, scores, labels, image_index, len(counts), iou, limit, one_call=one_call)
+        assert torch.equal(image_index[keep], torch.sort(image_index[keep], stable=True).values)
+        for i in range(len(counts)):
+            rows = torch.nonzero(image_index == i).flatten()
+            want = rows[batched_nms(boxes[rows], scores[rows], labels[rows], iou)[:limit]]
+            got = keep[image_index[keep] == i]
+            assert torch.equal(got, want), (i, iou, limit)
+
+
+def test_resident_detections_on_an_empty_batch_and_bad_images():
+    torch.manual_seed(0)
+    config = TorchvisionDetectorConfig(**TINY)
+    detector = TorchvisionDetector(build_detector_model(config), config)
+    assert detector.detect_resident([]) == []
+    with pytest.raises(ValueError, match=r"image 1 must be uint8"):
+        detector.detect_resident([torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(3, 8, 8)])
+    with pytest.raises(ValueError, match=r"image 0 must have shape \(3, H, W\)"):
+        detector.detect_resident([torch.zeros(8, 8, 3, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="FCOS, RetinaNet and FasterRCNN"):
+        detect_resident(torch.nn.Linear(2, 2), [torch.zeros(3, 8, 8, dtype=torch.uint8)], anchors=AnchorCache())
