@@ -194,6 +194,43 @@ class LoadedModels:
         norms = np.linalg.norm(feats, axis=1, keepdims=True)
         return feats / np.maximum(norms, 1e-12)
 
+    @property
+    def device(self):
+        """The torch device the models run on (the first model that says; the CPU otherwise)."""
+        import torch
+
+        for model in (*self.detectors, *self.embedders):
+            if isinstance(getattr(model, "device", None), torch.device):
+                return model.device
+        return torch.device("cpu")
+
+    def embed_boxes(self, images: list, boxes: list[np.ndarray], *, autocast_dtype=None) -> np.ndarray:
+        """:meth:`embed` of the boxes cut from uint8 (3, H, W) images on :attr:`device`: the crops are cut and
+        resized there (:func:`~clothret.detection.crops.crop_resized`, once per input size); an embedder
+        without ``embed_pixels`` gets numpy crops instead."""
+        import torch
+        import torch.nn.functional as F
+
+        from clothret.detection.crops import crop_boxes, crop_resized
+
+        if not sum(len(b) for b in boxes):
+            return np.zeros((0, self.dim), np.float32)
+        crops: dict[int, torch.Tensor] = {}
+        parts = []
+        for embedder in self.embedders:
+            if hasattr(embedder, "embed_pixels"):
+                size = embedder.config.input_size
+                if size not in crops:
+                    crops[size] = crop_resized(images, boxes, size)
+                parts.append(embedder.embed_pixels(crops[size], autocast_dtype=autocast_dtype))
+            else:
+                host = [img.permute(1, 2, 0).cpu().numpy() for img in images]
+                pixels = [c for img, b in zip(host, boxes) for c in crop_boxes(img, b)]
+                parts.append(torch.from_numpy(embedder.embed(pixels)).to(images[0].device))
+        feats = F.normalize(torch.cat(parts, dim=1).float(), dim=1, eps=1e-12)
+        return feats.cpu().numpy()
+
+
 
 def load_models(bundle: ModelBundle, *, device: str = "cpu") -> LoadedModels:
     """Build every detector and embedder of a bundle from its weights."""

@@ -105,6 +105,17 @@ class Embedder:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.name = name or f"{net.config.backbone}-{net.config.descriptors}-{net.config.dim}"
+        self._forward: nn.Module = self.net
+        self._layout: tuple[bool, str] = (False, "off")
+
+    def configure(self, *, channels_last: bool = False, compile: str = "off") -> None:
+        """How :meth:`embed_pixels` runs the network: weights in ``channels_last`` memory format, and
+        ``torch.compile`` in the given mode (``"off"``: eager). Calling it again with the same settings does nothing."""
+        if (channels_last, compile) == self._layout:
+            return
+        self.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        self._forward = self.net if compile == "off" else torch.compile(self.net, mode=compile, dynamic=False)
+        self._layout = (channels_last, compile)
 
     @property
     def config(self) -> EmbedderConfig:
@@ -121,6 +132,33 @@ class Embedder:
             for start in range(0, len(crops), self.batch_size):
                 x = preprocess(crops[start : start + self.batch_size], self.config).to(self.device)
                 out[start : start + len(x)] = self.net(x).float().cpu().numpy()
+        return out
+
+    def embed_pixels(self, pixels: torch.Tensor, *, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(n, dim) float32 l2-normalised embeddings of (n, 3, S, S) crops in [0, 255] on :attr:`device`
+        (S = the config's ``input_size``), normalised and embedded there, in batches, under autocast when
+        ``autocast_dtype`` is given. With ``torch.compile`` on, each batch is padded to ``batch_size``
+        rows so that one compiled graph serves every batch."""
+        size = self.config.input_size
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, size, size):
+            raise ValueError(f"pixels must be (n, 3, {size}, {size}), got shape {tuple(pixels.shape)}")
+        out = torch.empty((len(pixels), self.dim), dtype=torch.float32, device=pixels.device)
+        if not len(pixels):
+            return out
+        mean = torch.tensor(self.config.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.config.std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+        channels_last, compiled = self._layout[0], self._layout[1] != "off"
+        with torch.inference_mode(), torch.autocast(
+            pixels.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
+            for start in range(0, len(pixels), self.batch_size):
+                x = (pixels[start : start + self.batch_size].div(255.0) - mean) / std
+                n = len(x)
+                if compiled and n < self.batch_size:
+                    x = torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))])
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out[start : start + n] = self._forward(x)[:n].float()
         return out
 
     def save(self, weights_url: str, **card: object) -> str:
