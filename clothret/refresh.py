@@ -23,6 +23,7 @@ from clothret.index.publish import current_build, publish_build, read_build_mani
 from clothret.index.rebuild import build_validated
 from clothret.index.search import SearchIndex
 from clothret.models import cached_models, load_bundle
+from clothret.pipeline.engine_config import EngineConfig
 from clothret.pipeline.plan import RefreshPlan, SegmentPlan, plan_refresh
 from clothret.pipeline.segment import run_segment
 from clothret.rerank.config import PostProcessConfig
@@ -46,6 +47,10 @@ class RefreshConfig(BaseModel):
     index_url: str = Field(description="index root (local path or s3://...)")
     segment_size: int = Field(1000, ge=1, description="images per segment (one task each)")
     batch_size: int = Field(16, ge=1, description="images per detector/embedder batch")
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig,
+        description="how each segment runs: batches in flight, precision, GPU decoding, compilation",
+    )
     device: str = Field("auto", description="torch device for the models: auto (cuda when present), cpu, cuda")
     retry_failed: bool = Field(False, description="re-run only the images whose last attempt failed")
     index: IndexConfig = Field(default_factory=IndexConfig, description="index type and validation thresholds")
@@ -100,6 +105,7 @@ def embed_segment(
     version: str,
     device: str = "auto",
     batch_size: int = 16,
+    engine: EngineConfig | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     run: str = "",
 ) -> dict:
@@ -119,7 +125,9 @@ def embed_segment(
         logger.info("segment %s is committed already: reused", segment.segment_id)
         return {**base, "computed": False}
     models = cached_models(bundle_url, version, str(resolve_device(device)))
-    result = run_segment(segment.entries, models, batch_size=batch_size, on_progress=on_progress)
+    result = run_segment(
+        segment.entries, models, batch_size=batch_size, engine=engine or EngineConfig(), on_progress=on_progress
+    )
     commit = commit_segment(segment.url, result, run=run)
     if not commit.won:
         return {**base, **commit.counts, "computed": False}

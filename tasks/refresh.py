@@ -12,12 +12,13 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.runtime import flow_run
 
 from clothret import refresh
+from clothret.pipeline.engine_config import EngineConfig
 from clothret.pipeline.plan import RefreshPlan, SegmentPlan
 from clothret.refresh import RefreshConfig
 from tasks.retry import RETRY_OPTIONS
 from tasks.storage import use_s3_block
 
-SEGMENT_CACHE = TASK_SOURCE + (INPUTS - "bundle_url" - "device" - "batch_size" - "s3_block")
+SEGMENT_CACHE = TASK_SOURCE + (INPUTS - "bundle_url" - "device" - "batch_size" - "s3_block" - "engine")
 
 
 @task(name="plan-refresh", cache_policy=NO_CACHE, **RETRY_OPTIONS)
@@ -42,7 +43,8 @@ def plan_refresh(config: RefreshConfig, activate: bool = True) -> RefreshPlan:
     **RETRY_OPTIONS,
 )
 def embed_segment(
-    segment: SegmentPlan, bundle_url: str, version: str, device: str, batch_size: int, s3_block: str | None = None
+    segment: SegmentPlan, bundle_url: str, version: str, device: str, batch_size: int, s3_block: str | None = None,
+    engine: EngineConfig | None = None,
 ) -> dict:
     use_s3_block(s3_block)
     logger = get_run_logger()
@@ -53,8 +55,8 @@ def embed_segment(
             logger.info("segment %s: %d/%d images", segment.segment_id, done, total)
 
     counts = refresh.embed_segment(
-        segment, bundle_url=bundle_url, version=version, device=device, batch_size=batch_size, on_progress=progress,
-        run=flow_run.id or "",
+        segment, bundle_url=bundle_url, version=version, device=device, batch_size=batch_size, engine=engine,
+        on_progress=progress, run=flow_run.id or "",
     )
     if counts.get("failed"):
         logger.warning("segment %s: %d images failed: %s", segment.segment_id, len(counts["failed"]), counts["failed"])

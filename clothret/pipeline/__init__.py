@@ -1,1 +1,1 @@
-"""The per-segment run: reader → mapper (detect, fuse, crop, embed) → result arrays."""
+"""The per-segment run: reader → segment engine (decode, detect, fuse, crop, embed; overlapped) → result arrays."""

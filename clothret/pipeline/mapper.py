@@ -7,7 +7,7 @@ run again one by one, and only those that fail alone are recorded as failed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,21 +30,23 @@ class ImageOutput:
     features: np.ndarray
 
 
+def fuse_images(
+    models: LoadedModels, per_detector: Sequence[Sequence[Detections]], sizes: Sequence[tuple[int, int]]
+) -> list[Detections]:
+    """Fuse the detectors' boxes image by image; ``per_detector[d][i]`` is detector ``d`` on image ``i``,
+    ``sizes[i]`` its (width, height)."""
+    return [
+        fuse_detections(
+            [dets[i] for dets in per_detector], image_size=size, weights=models.wbf_weights, config=models.fusion
+        )
+        for i, size in enumerate(sizes)
+    ]
+
+
 def detect_and_fuse(models: LoadedModels, images: Sequence[np.ndarray]) -> list[Detections]:
     """Run every detector on the batch, then fuse their boxes per image (also with one detector)."""
     per_detector = [d.detect(images) for d in models.detectors]
-    fused = []
-    for i, image in enumerate(images):
-        height, width = image.shape[:2]
-        fused.append(
-            fuse_detections(
-                [dets[i] for dets in per_detector],
-                image_size=(width, height),
-                weights=models.wbf_weights,
-                config=models.fusion,
-            )
-        )
-    return fused
+    return fuse_images(models, per_detector, [(image.shape[1], image.shape[0]) for image in images])
 
 
 def map_batch(models: LoadedModels, images: Sequence[np.ndarray]) -> list[ImageOutput]:
@@ -77,10 +79,14 @@ def _model_failure(name: str, exc: Exception) -> ImageFailure:
     return ImageFailure(name, BAD_INPUT, f"model failed on this image: {describe_error(exc)}")
 
 
+MapFn = Callable[[LoadedModels, Sequence], list[ImageOutput]]
+"""``map_fn(models, images)``: one :class:`ImageOutput` per image of a batch, or an exception."""
+
+
 def map_isolated(
-    models: LoadedModels, images: Sequence[np.ndarray], names: Sequence[str]
+    models: LoadedModels, images: Sequence[np.ndarray], names: Sequence[str], *, map_fn: MapFn = map_batch
 ) -> list[ImageOutput | ImageFailure]:
-    """:func:`map_batch`, with a model error on one image recorded as that image's failure.
+    """:func:`map_batch` (or ``map_fn``), with a model error on one image recorded as that image's failure.
 
     When the batch raises, each image runs alone: one that still fails becomes an :class:`ImageFailure`
     (bad input with the model's error as its reason; transient when it ran out of memory alone), the
@@ -88,24 +94,31 @@ def map_isolated(
     ``names`` (image ids) label the log lines and the failures.
     """
     try:
-        return list(map_batch(models, images))
+        return list(map_fn(models, images))
     except Exception as exc:  # noqa: BLE001 - sorted out image by image below
-        if is_transient(exc) and not _out_of_memory(exc):
-            raise
-        if len(images) == 1:
-            failure = _model_failure(names[0], exc)
-            logger.warning("image %s: %s", names[0], failure.reason)
-            return [failure]
-        logger.warning(
-            "a batch of %d images failed in the models (%s): running them one by one", len(images), describe_error(exc)
-        )
-        batch_error = exc
+        return map_one_by_one(models, images, names, exc, map_fn=map_fn)
+
+
+def map_one_by_one(
+    models: LoadedModels, images: Sequence, names: Sequence[str], batch_error: Exception, *, map_fn: MapFn = map_batch
+) -> list[ImageOutput | ImageFailure]:
+    """After ``batch_error`` ended a batch in ``map_fn``: run its images one by one (see :func:`map_isolated`)."""
+    if is_transient(batch_error) and not _out_of_memory(batch_error):
+        raise batch_error
+    if len(images) == 1:
+        failure = _model_failure(names[0], batch_error)
+        logger.warning("image %s: %s", names[0], failure.reason)
+        return [failure]
+    logger.warning(
+        "a batch of %d images failed in the models (%s): running them one by one", len(images),
+        describe_error(batch_error),
+    )
     if _out_of_memory(batch_error):
         _release_accelerator_memory()
     out: list[ImageOutput | ImageFailure] = []
     for name, image in zip(names, images):
         try:
-            out.append(map_batch(models, [image])[0])
+            out.append(map_fn(models, [image])[0])
         except Exception as exc:  # noqa: BLE001 - this image's own failure
             if is_transient(exc) and not _out_of_memory(exc):
                 raise

@@ -150,17 +150,24 @@ def decode_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> np.ndar
             raise UnusableImage(f"corrupt {img.format or 'image'} data ({describe_error(exc)})") from exc
 
 
-def load_image(uri: str, *, limits: ImageLimits = ImageLimits()) -> np.ndarray | ImageFailure:
-    """Read and decode one image, or say why it failed."""
+def read_bytes(uri: str) -> bytes | ImageFailure:
+    """The bytes of one file, or why they could not be read (missing: bad input; I/O: transient)."""
     try:
         with fsspec.open(uri, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         return ImageFailure(uri, BAD_INPUT, "file not found")
     except IsADirectoryError:
         return ImageFailure(uri, BAD_INPUT, "a folder, not an image file")
     except (OSError, TimeoutError, ConnectionError) as exc:
         return ImageFailure(uri, TRANSIENT, f"I/O error ({describe_error(exc)})")
+
+
+def load_image(uri: str, *, limits: ImageLimits = ImageLimits()) -> np.ndarray | ImageFailure:
+    """Read and decode one image, or say why it failed."""
+    data = read_bytes(uri)
+    if isinstance(data, ImageFailure):
+        return data
     try:
         return decode_image(data, limits=limits)
     except UnusableImage as exc:

@@ -1,4 +1,5 @@
-"""One segment of the catalogue through reader → mapper → arrays, ready for the feature store."""
+"""One segment of the catalogue through the segment engine (read → decode → detect → fuse → embed) → arrays, ready
+for the feature store."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import numpy as np
 
 from clothret.datasets.catalogue import ManifestEntry
 from clothret.models import LoadedModels
-from clothret.pipeline.mapper import map_isolated
-from clothret.pipeline.reader import ImageFailure, ImageLimits, iter_images
+from clothret.pipeline.engine import run_engine
+from clothret.pipeline.engine_config import EngineConfig
+from clothret.pipeline.mapper import ImageOutput
+from clothret.pipeline.reader import ImageFailure, ImageLimits
 from clothret.pipeline.result import STATUS_OK, SegmentResult
 
 logger = logging.getLogger(__name__)
@@ -21,50 +24,42 @@ def run_segment(
     entries: Sequence[ManifestEntry],
     models: LoadedModels,
     *,
-    batch_size: int = 16,
+    batch_size: int | None = None,
+    engine: EngineConfig = EngineConfig(),
     limits: ImageLimits = ImageLimits(),
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SegmentResult:
     """Detect, fuse, embed every image of a segment; failed images are recorded, never raised.
 
-    An image fails as bad input when it cannot be decoded, is outside ``limits`` or makes a model fail
-    on its own (see :func:`map_isolated`); as transient when it could not be read.
+    The images go through the segment engine (:mod:`clothret.pipeline.engine`) with the ``engine``
+    settings, in batches of ``engine.batch_size`` when set, else ``batch_size``, else 16. An image fails as bad input when
+    it cannot be decoded, is outside ``limits`` or makes a model fail on its own (see
+    :func:`~clothret.pipeline.mapper.map_isolated`); as transient when it could not be read.
     """
+    if hasattr(models, "simulate_segment"):  # clothret.simulated (benches, tests): no pixel is read
+        return models.simulate_segment(entries)
     start = time.perf_counter()
+    engine = engine.with_batch_size(batch_size)
     n = len(entries)
     status = [STATUS_OK] * n
     reasons = [""] * n
     outputs: list = [None] * n
-    batch_idx: list[int] = []
-    batch_imgs: list[np.ndarray] = []
     done = 0
 
-    def flush() -> None:
+    def record(index: int, out: ImageOutput | ImageFailure) -> None:
         nonlocal done
-        names = [entries[i].image_id for i in batch_idx]
-        for i, out in zip(batch_idx, map_isolated(models, batch_imgs, names)):
-            if isinstance(out, ImageFailure):
-                status[i], reasons[i] = out.kind, out.reason
-            else:
-                outputs[i] = out
-        done += len(batch_idx)
-        batch_idx.clear()
-        batch_imgs.clear()
-        if on_progress is not None:
+        if isinstance(out, ImageFailure):
+            status[index], reasons[index] = out.kind, out.reason
+            logger.warning("skipped image %s (%s): %s", entries[index].image_id, out.kind, out.reason)
+        else:
+            outputs[index] = out
+        done += 1
+        if on_progress is not None and (done % engine.batch_size == 0 or done == n):
             on_progress(done, n)
 
-    for index, image in iter_images([e.uri for e in entries], limits=limits):
-        if isinstance(image, ImageFailure):
-            status[index], reasons[index] = image.kind, image.reason
-            logger.warning("skipped image %s (%s): %s", entries[index].image_id, image.kind, image.reason)
-            done += 1
-            continue
-        batch_idx.append(index)
-        batch_imgs.append(image)
-        if len(batch_imgs) >= batch_size:
-            flush()
-    if batch_imgs:
-        flush()
+    run_engine(
+        [e.uri for e in entries], [e.image_id for e in entries], models, record, config=engine, limits=limits
+    )
 
     dim = models.dim
     box_image, boxes, scores, cats, feats = [], [], [], [], []

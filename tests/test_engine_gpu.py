@@ -1,0 +1,125 @@
+"""The segment engine on a CUDA GPU: nvJPEG decoding, device-resident detection and crops, bf16 autocast,
+concurrent detector streams and compilation give the CPU's results within the precision they trade away."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_workdir) -> str:
+    return str(tiny_workdir / "models" / "bundle.yaml")
+
+
+@pytest.fixture(scope="module")
+def cpu_models(bundle):
+    from clothret.models import load_bundle, load_models
+
+    return load_models(load_bundle(bundle), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def gpu_models(bundle):
+    from clothret.models import load_bundle, load_models
+
+    return load_models(load_bundle(bundle), device="cuda")
+
+
+@pytest.fixture(scope="module")
+def entries(tiny_workdir):
+    from clothret.datasets.catalogue import manifest_from_folder
+
+    return manifest_from_folder(str(tiny_workdir / "data" / "validation" / "image"))
+
+
+def _matched_cosines(a, b) -> np.ndarray:
+    """Cosines of the features of boxes of the same image that overlap most (IoU >= 0.5)."""
+    from torchvision.ops import box_iou
+
+    out = []
+    for i in np.unique(a.box_image):
+        ra, rb = np.nonzero(a.box_image == i)[0], np.nonzero(b.box_image == i)[0]
+        if not len(ra) or not len(rb):
+            continue
+        iou = box_iou(torch.from_numpy(a.boxes[ra]), torch.from_numpy(b.boxes[rb])).numpy()
+        best = iou.argmax(axis=1)
+        ok = iou.max(axis=1) >= 0.5
+        fa = a.features[ra][ok].astype(np.float32)
+        fb = b.features[rb][best[ok]].astype(np.float32)
+        out.append((fa * fb).sum(axis=1))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def test_nvjpeg_decodes_like_pillow():
+    from clothret.pipeline.decode import decode_on_device, for_device
+
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    pictures = [np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC)) for w, h in ((160, 120), (97, 61))]
+    data = []
+    for p in pictures:
+        buf = io.BytesIO()
+        Image.fromarray(p).save(buf, format="JPEG", quality=92)
+        data.append(buf.getvalue())
+    images = decode_on_device([for_device(d) for d in data], torch.device("cuda"))
+    for img, d in zip(images, data):
+        pil = np.asarray(Image.open(io.BytesIO(d)).convert("RGB"))
+        assert img.is_cuda and img.dtype == torch.uint8 and tuple(img.shape) == (3, *pil.shape[:2])
+        assert np.abs(img.permute(1, 2, 0).cpu().numpy().astype(int) - pil).mean() < 2.0
+
+
+def test_float32_on_the_gpu_gives_the_cpus_outputs(cpu_models, gpu_models, entries):
+    from clothret.pipeline.engine_config import EngineConfig
+    from clothret.pipeline.segment import run_segment
+
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        engine = EngineConfig(autocast="fp32", decode_on_device=False, channels_last=False)
+        cpu = run_segment(entries, cpu_models, engine=engine)
+        gpu = run_segment(entries, gpu_models, engine=engine)
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+    assert gpu.status == cpu.status
+    np.testing.assert_array_equal(gpu.box_image, cpu.box_image)
+    np.testing.assert_allclose(gpu.boxes, cpu.boxes, atol=0.05)
+    assert _matched_cosines(gpu, cpu).min() >= 0.999
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"concurrent_detectors": True}, {"fusion_processes": 2}, {"autocast": "fp16"}, {"batches_in_flight": 1}],
+    ids=["default", "streams", "fusion-processes", "fp16", "one-in-flight"],
+)
+def test_default_gpu_engine_is_close_to_the_cpu(cpu_models, gpu_models, entries, settings):
+    """bf16/fp16, nvJPEG and channels-last move scores a little: most boxes and their features stay."""
+    from clothret.pipeline.engine_config import EngineConfig
+    from clothret.pipeline.segment import run_segment
+
+    cpu = run_segment(entries, cpu_models, engine=EngineConfig(channels_last=False))
+    gpu = run_segment(entries, gpu_models, engine=EngineConfig(**settings))
+    assert gpu.status == cpu.status
+    cosines = _matched_cosines(gpu, cpu)
+    assert len(cosines) >= 0.8 * len(cpu.boxes)
+    assert np.median(cosines) >= 0.99
+
+
+def test_peak_memory_and_compile_run(gpu_models, entries):
+    from clothret.pipeline.engine_config import EngineConfig
+    from clothret.pipeline.segment import run_segment
+
+    torch.cuda.reset_peak_memory_stats()
+    eager = run_segment(entries, gpu_models, engine=EngineConfig(autocast="fp32"))
+    assert torch.cuda.max_memory_reserved() < 4e9  # tiny models: far below
+    compiled = run_segment(entries, gpu_models, engine=EngineConfig(autocast="fp32", compile="default"))
+    assert compiled.status == eager.status
+    assert np.median(_matched_cosines(compiled, eager)) >= 0.999
