@@ -4,7 +4,10 @@ Synthesizes a shop catalogue and trains the demo detector and embedder for a few
 depend on their quality), then measures, on the same images with the same models and batch size:
 
 - bare: one process, no orchestration, no store writes: load the models, then read → detect → fuse → embed
-  (clothret.pipeline.segment.run_segment without the Prefect task around it);
+  with the per-batch path the segment engine replaced (reader thread pool → ``map_batch``: numpy images,
+  torchvision's forward, PIL-resized crops); the baseline ``ratio`` divides by;
+- bare engine: the same in one process through the segment engine
+  (``clothret.pipeline.segment.run_segment`` over all images, without the Prefect task around it);
 - flow: ``catalogue_refresh`` on a fresh feature store and index, one task per segment on a local Dask
   cluster of ``--workers`` processes, with the temporary Prefect server already started (its start-up is
   reported apart). Its wall time includes the Dask cluster start (Prefect starts it at the first task),
@@ -62,6 +65,16 @@ def bare_loop(entries: list, bundle_url: str, *, batch_size: int, device: str) -
     return {"images_ok": n_ok, "boxes": n_boxes}
 
 
+def bare_engine(entries: list, bundle_url: str, *, batch_size: int, device: str) -> dict:
+    """Load the models and run every image through the segment engine (run_segment) in one process."""
+    from clothret.models import load_bundle, load_models
+    from clothret.pipeline.segment import run_segment
+
+    models = load_models(load_bundle(bundle_url), device=device)
+    result = run_segment(entries, models, batch_size=batch_size)
+    return {"images_ok": result.counts["images_ok"], "boxes": result.counts["boxes"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK[0]} images in segments of {QUICK[1]}")
@@ -97,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         bare, bare_s = _common.timed(bare_loop, entries, str(bundle), batch_size=args.batch_size, device=device)
+        engine, engine_s = _common.timed(bare_engine, entries, str(bundle), batch_size=args.batch_size, device=device)
 
         config = RefreshConfig(
             manifest_url=manifest, bundle_url=str(bundle), store_url=_common.fresh(workdir / "store"),
@@ -107,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             server_s = time.perf_counter() - start
             build, flow_s = _common.timed(catalogue_refresh, config)
 
-    flow_ips, bare_ips = n_images / flow_s, n_images / bare_s
+    flow_ips, bare_ips, engine_ips = n_images / flow_s, n_images / bare_s, n_images / engine_s
     print()
     print(f"{n_images} images, segments of {segment_size}, batch {args.batch_size}, device {device}; flow: "
           f"{workers} Dask workers ({build['segments_computed']} segments computed); bare: {args.threads} torch threads")
@@ -115,10 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'prefect server start':<28}{'':>8}{server_s:>10.1f}")
     print(f"{'flow (catalogue_refresh)':<28}{n_images:>8}{flow_s:>10.1f}{flow_ips:>10.1f}{build['boxes_new']:>8}")
     print(f"{'bare loop (1 process)':<28}{n_images:>8}{bare_s:>10.1f}{bare_ips:>10.1f}{bare['boxes']:>8}")
-    print(f"ratio flow / bare: {flow_ips / bare_ips:.2f}")
+    print(f"{'bare engine (1 process)':<28}{n_images:>8}{engine_s:>10.1f}{engine_ips:>10.1f}{engine['boxes']:>8}")
+    print(f"ratio flow / bare: {flow_ips / bare_ips:.2f}; bare engine / bare: {engine_ips / bare_ips:.2f}")
     summary = {
         "flow_images_per_s": round(flow_ips, 2),
         "bare_images_per_s": round(bare_ips, 2),
+        "bare_engine_images_per_s": round(engine_ips, 2),
         "ratio": round(flow_ips / bare_ips, 3),
         "images": n_images,
         "segment_size": segment_size,
@@ -127,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         "bare_threads": args.threads,
         "flow_seconds": round(flow_s, 2),
         "bare_seconds": round(bare_s, 2),
+        "bare_engine_seconds": round(engine_s, 2),
         "server_start_seconds": round(server_s, 2),
-        "device": device,
+        "device": str(device),
         "quick": args.quick,
     }
     print(json.dumps(summary))

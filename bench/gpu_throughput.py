@@ -1,0 +1,379 @@
+"""Images/s of one segment through the refresh's segment path on one device, against the models' own ceilings.
+
+Builds paper-sized models from random init with the project's builders (no downloads; throughput does not
+depend on the weights): FCOS, RetinaNet and Faster R-CNN on ResNet-50-FPN at 800-1333 px, score threshold 0
+so each returns its 100 boxes; a ResNet-50-D CGD embedder (GeM + MAC, 224 px, 1024 dimensions); weighted
+boxes fusion with ``conf_type max`` and at most 10 boxes per image. Writes synthetic 1024x768 JPEGs, then
+measures on the same images:
+
+- end to end: :func:`clothret.pipeline.segment.run_segment` (the segment engine) with the given engine
+  settings, and the old path (reader thread pool -> ``map_batch`` per batch) as the baseline;
+- the stage table of the engine's path: read + decode, each detector on device-resident batches, fusion
+  on one thread, crops cut on the device, the embedder on those crops;
+- the ceilings: the same networks as torchvision and timm run them, on device-resident float tensors, in
+  float32 and under bf16 autocast (the embedder also channels-last), and the ratios to them.
+
+The last line printed is one JSON object (also written to ``DIR/gpu_throughput.json``); the table and the
+log go to ``DIR/gpu_throughput.txt``. ``--small`` runs tiny models on small images: a CPU smoke run.
+
+    python3 bench/gpu_throughput.py --out /tmp/gpu_bench          # on a GPU machine (~1-3 minutes)
+    python3 bench/gpu_throughput.py --small --out /tmp/gpu_small  # seconds, on the CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow torch on a shared CPU
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clothret.datasets.catalogue import ManifestEntry  # noqa: E402
+from clothret.detection.crops import crop_resized  # noqa: E402
+from clothret.detection.fusion import FusionConfig  # noqa: E402
+from clothret.detection.torchvision_backend import (  # noqa: E402
+    TorchvisionDetector,
+    TorchvisionDetectorConfig,
+    build_detector_model,
+)
+from clothret.embedding.config import EmbedderConfig  # noqa: E402
+from clothret.embedding.model import Embedder, EmbeddingNet  # noqa: E402
+from clothret.models import LoadedModels  # noqa: E402
+from clothret.pipeline.decode import decode_on_device, decode_on_host, for_device  # noqa: E402
+from clothret.pipeline.engine import prepare_models  # noqa: E402
+from clothret.pipeline.engine_config import EngineConfig  # noqa: E402
+from clothret.pipeline.fusion_pool import auto_processes  # noqa: E402
+from clothret.pipeline.mapper import fuse_images, map_batch  # noqa: E402
+from clothret.pipeline.reader import ImageFailure, iter_images, read_bytes  # noqa: E402
+from clothret.pipeline.segment import run_segment  # noqa: E402
+
+logger = logging.getLogger("gpu_throughput")
+
+PAPER = {
+    "image_size": (1024, 768),
+    "images": 192,
+    "detector": {"backbone": "resnet50", "fpn_channels": 256, "min_size": 800, "max_size": 1333, "score_thresh": 0.0},
+    "per_architecture": {
+        "fcos": {"min_level": 3, "max_level": 7, "head_convs": 4, "head_norm": "group"},
+        "retinanet": {"min_level": 3, "max_level": 7, "head_convs": 4, "head_norm": "none"},
+        "faster_rcnn": {"min_level": 2, "max_level": 6, "anchor_scale": 2.0, "roi_head_dim": 1024},
+    },
+    "embedder": {"backbone": "resnet50d", "backbone_kwargs": {}, "descriptors": "GM", "dim": 1024, "input_size": 224},
+    "embedder_batch": 256,
+}
+SMALL = {
+    "image_size": (160, 120),
+    "images": 48,
+    "detector": {"backbone": "mobilenet_v3_small", "fpn_channels": 32, "min_size": 128, "max_size": 192, "score_thresh": 0.0},
+    "per_architecture": {"fcos": {}, "retinanet": {"head_convs": 1}, "faster_rcnn": {"roi_head_dim": 64}},
+    "embedder": {"backbone": "resnet10t", "backbone_kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8},
+                 "descriptors": "GM", "dim": 64, "input_size": 48},
+    "embedder_batch": 128,
+}
+FUSION = FusionConfig(conf_type="max", max_boxes_per_image=10)
+
+
+# --------------------------------------------------------------------------------------------- set-up
+
+
+def build_models(sizes: dict, device: torch.device, batch_size: int, seed: int = 0) -> LoadedModels:
+    """Random-init detectors and embedder of ``sizes``, built by the project's own builders."""
+    torch.manual_seed(seed)
+    detectors = []
+    for architecture, extra in sizes["per_architecture"].items():
+        config = TorchvisionDetectorConfig(architecture=architecture, **sizes["detector"], **extra)
+        detectors.append(
+            TorchvisionDetector(build_detector_model(config), config, name=architecture, device=str(device),
+                                batch_size=batch_size)
+        )
+    net = EmbeddingNet(EmbedderConfig(**sizes["embedder"]), pretrained=False)
+    embedder = Embedder(net, name="cgd", device=str(device), batch_size=sizes["embedder_batch"])
+    return LoadedModels("bench", detectors, [1.0] * len(detectors), FUSION, [embedder])
+
+
+def write_jpegs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[ManifestEntry]:
+    """``n`` baseline JPEGs of ``size`` (width, height): smooth colour fields with a few rectangles."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    width, height = size
+    entries = []
+    for i in range(n):
+        coarse = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+        pixels = np.asarray(img).copy()
+        for _ in range(4):
+            x1, y1 = int(rng.integers(0, width * 3 // 4)), int(rng.integers(0, height * 3 // 4))
+            x2, y2 = x1 + int(rng.integers(width // 8, width // 3)), y1 + int(rng.integers(height // 8, height // 3))
+            pixels[y1:y2, x1:x2] = rng.integers(0, 256, size=3, dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+        path = folder / f"{i:05d}.jpg"
+        path.write_bytes(buf.getvalue())
+        entries.append(ManifestEntry(f"{i:05d}", str(path), f"{i:064x}", f"item{i}"))
+    return entries
+
+
+# --------------------------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, fn: Callable, *args, **kwargs) -> tuple[object, float]:
+    _sync(device)
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
+def old_path(entries: list, models: LoadedModels, batch_size: int) -> int:
+    """Today's loop before the engine: reader thread pool -> map_batch (numpy images, per-image conversion)."""
+    n_ok, batch = 0, []
+    for _, image in iter_images([e.uri for e in entries]):
+        if isinstance(image, ImageFailure):
+            continue
+        batch.append(image)
+        if len(batch) >= batch_size:
+            n_ok += len(map_batch(models, batch))
+            batch = []
+    if batch:
+        n_ok += len(map_batch(models, batch))
+    return n_ok
+
+
+def set_layout(models: LoadedModels, channels_last: bool) -> None:
+    """Every network's weights in channels-last or the default memory format."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for det in models.detectors:
+        det.model.to(memory_format=fmt)
+    for embedder in models.embedders:
+        embedder.net.to(memory_format=fmt)
+
+
+def decode_all(entries: list, device: torch.device, batch_size: int) -> list[list[torch.Tensor]]:
+    """Read and decode every image onto ``device`` the way the engine does, in batches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        data = list(pool.map(read_bytes, [e.uri for e in entries]))
+    batches = []
+    for start in range(0, len(data), batch_size):
+        chunk = data[start : start + batch_size]
+        jpegs = [for_device(d) for d in chunk] if device.type == "cuda" else [None] * len(chunk)
+        if all(j is not None for j in jpegs):
+            batches.append(decode_on_device(jpegs, device))
+        else:
+            batches.append([torch.from_numpy(np.array(decode_on_host(d, "bench"))).permute(2, 0, 1).to(device)
+                            for d in chunk])
+    return batches
+
+
+def ceiling_detector(detector: TorchvisionDetector, batches: list[list[torch.Tensor]], dtype) -> float:
+    """Images/s of torchvision's own forward on device-resident float images (``dtype``: autocast or None)."""
+    model, device = detector.model, detector.device
+    model.to(memory_format=torch.contiguous_format)
+    floats = [[img.float().div(255.0) for img in batch] for batch in batches]
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        model(floats[0])  # warm-up
+        _, seconds = timed(device, lambda: [model(batch) for batch in floats])
+    return sum(len(b) for b in floats) / seconds
+
+
+def ceiling_embedder(embedder: Embedder, crops: torch.Tensor, dtype, channels_last: bool) -> float:
+    """Crops/s of the embedding network alone on device-resident, normalised crops."""
+    net, device = embedder.net, embedder.device
+    net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    x = (crops / 255.0 - 0.45) / 0.225
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    chunks = list(x.split(embedder.batch_size))
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        net(chunks[0])
+        _, seconds = timed(device, lambda: [net(c) for c in chunks])
+    return len(x) / seconds
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for the images, the table/log and the JSON")
+    parser.add_argument("--small", action="store_true", help="tiny models and images: a CPU smoke run")
+    parser.add_argument("--images", type=int, default=None, help="number of images (default 192, small 48)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per batch (the default batch size)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:N]")
+    parser.add_argument("--batches-in-flight", type=int, default=EngineConfig().batches_in_flight)
+    parser.add_argument("--autocast", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--compile", default="off", help="torch.compile mode for the networks (default off)")
+    parser.add_argument("--concurrent-detectors", action="store_true", help="one CUDA stream per detector")
+    parser.add_argument("--fusion-processes", type=int, default=None,
+                        help="fusion worker processes (default: the engine's auto, 0 on the CPU)")
+    parser.add_argument("--no-device-decode", action="store_true", help="decode every image with Pillow")
+    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--skip-old", action="store_true", help="do not run the old path (it is slow)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "gpu_throughput.txt"
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.FileHandler(log_path, mode="w"), logging.StreamHandler(sys.stderr)],
+    )
+    for name in ("clothret",):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = SMALL if args.small else PAPER
+    n_images = args.images or sizes["images"]
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    device_name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+    engine = EngineConfig(
+        batch_size=args.batch_size, batches_in_flight=args.batches_in_flight, autocast=args.autocast,
+        compile=args.compile, concurrent_detectors=args.concurrent_detectors, fusion_processes=args.fusion_processes,
+        decode_on_device=not args.no_device_decode, channels_last=not args.no_channels_last,
+    )
+    dtype = engine.autocast_dtype(device)
+    fusion_processes = auto_processes(device.type) if engine.fusion_processes is None else engine.fusion_processes
+    low = dtype or torch.bfloat16  # the ceilings' reduced precision
+    t0 = time.perf_counter()
+    entries = write_jpegs(out / "images", n_images, sizes["image_size"])
+    models = build_models(sizes, device, args.batch_size)
+    logger.info("set-up: %d JPEGs %dx%d and %d detectors + 1 embedder built in %.1f s on %s", n_images,
+                *sizes["image_size"], len(models.detectors), time.perf_counter() - t0, device_name)
+
+    # ---- end to end, new path (warm-up first: cuDNN, allocator, compilation)
+    warm = entries[: 2 * args.batch_size]
+    run_segment(warm, models, engine=engine)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result, e2e_s = timed(device, run_segment, entries, models, engine=engine)
+    peak_gb = torch.cuda.max_memory_reserved(device) / 1e9 if device.type == "cuda" else 0.0
+    e2e = n_images / e2e_s
+    logger.info("engine: %d images in %.2f s, %d boxes, %d failed", n_images, e2e_s, len(result.boxes), result.n_failed)
+
+    # ---- stages of the new path
+    batches, decode_s = timed(device, decode_all, entries, device, args.batch_size)
+    prepare_models(models, engine)
+    stage: dict[str, float] = {"read + decode": n_images / decode_s}
+    per_detector = []
+    all_s = 0.0
+    for det in models.detectors:
+        det.detect_resident(batches[0], autocast_dtype=dtype)
+        dets, seconds = timed(device, lambda d=det: [d.detect_resident(b, autocast_dtype=dtype) for b in batches])
+        per_detector.append(dets)
+        stage[f"detect {det.name}"] = n_images / seconds
+        all_s += seconds
+    stage["detect, all detectors"] = n_images / all_s
+    sizes_wh = [[(int(i.shape[2]), int(i.shape[1])) for i in b] for b in batches]
+    fused, fuse_s = timed(device, lambda: [
+        fuse_images(models, [dets[k] for dets in per_detector], sizes_wh[k]) for k in range(len(batches))
+    ])
+    stage["fusion (one thread)"] = n_images / fuse_s
+    boxes = [[d.boxes for d in f] for f in fused]
+    n_crops = sum(len(b) for bb in boxes for b in bb)
+    embedder = models.embedders[0]
+    size = embedder.config.input_size
+    crops, crop_s = timed(device, lambda: [crop_resized(b, bx, size) for b, bx in zip(batches, boxes)])
+    stage["crop (roi_align), crops/s"] = n_crops / crop_s
+    all_crops = torch.cat(crops)
+    _, embed_s = timed(device, embedder.embed_pixels, all_crops, autocast_dtype=dtype)
+    stage["embed, crops/s"] = n_crops / embed_s
+    _, path_s = timed(device, lambda: [
+        models.embed_boxes(b, bx, autocast_dtype=dtype) for b, bx in zip(batches, boxes)
+    ])
+    embed_path = n_crops / path_s
+    stage["crop + embed path, crops/s"] = embed_path
+
+    # ---- ceilings: the networks as torchvision / timm run them, on device-resident tensors
+    ceilings: dict[str, dict[str, float]] = {"fp32": {}, "bf16": {}}
+    for det in models.detectors:
+        ceilings["fp32"][det.name] = ceiling_detector(det, batches, None)
+        ceilings["bf16"][det.name] = ceiling_detector(det, batches, low)
+    ceiling_all = {p: 1.0 / sum(1.0 / v for v in c.values()) for p, c in ceilings.items()}
+    embed_ceiling_fp32 = ceiling_embedder(embedder, all_crops, None, False)
+    embed_ceiling = ceiling_embedder(embedder, all_crops, low, True)
+    set_layout(models, engine.channels_last)  # back to the engine's layout
+
+    # ---- the old path, same images and models
+    old_e2e = None
+    if not args.skip_old:
+        set_layout(models, False)  # as the old path ran: torchvision's and timm's defaults
+        old_path(warm, models, args.batch_size)
+        n_old, old_s = timed(device, old_path, entries, models, args.batch_size)
+        old_e2e = n_old / old_s
+        set_layout(models, engine.channels_last)
+
+    lines = [
+        f"device {device_name}; {n_images} JPEGs {sizes['image_size'][0]}x{sizes['image_size'][1]}, batch "
+        f"{args.batch_size}, autocast {dtype}, channels_last {engine.channels_last}, compile {engine.compile}, "
+        f"batches in flight {engine.batches_in_flight}, fusion processes {fusion_processes}, device decode {engine.decode_on_device and device.type == 'cuda'}, "
+        f"concurrent detectors {engine.concurrent_detectors}",
+        "",
+        f"{'end to end':<44}{'images/s':>12}",
+        f"{'  engine (run_segment)':<44}{e2e:>12.1f}",
+        f"{'  old path (reader -> map_batch)':<44}{old_e2e if old_e2e is not None else float('nan'):>12.1f}",
+        "",
+        f"{'stage (engine path)':<44}{'per s':>12}",
+        *[f"{'  ' + k:<44}{v:>12.1f}" for k, v in stage.items()],
+        "",
+        f"{'ceiling: torchvision/timm on resident tensors':<44}{'fp32':>12}{str(low).replace('torch.', ''):>12}",
+        *[f"{'  ' + name:<44}{ceilings['fp32'][name]:>12.1f}{ceilings['bf16'][name]:>12.1f}" for name in ceilings["fp32"]],
+        f"{'  all detectors':<44}{ceiling_all['fp32']:>12.1f}{ceiling_all['bf16']:>12.1f}",
+        f"{'  embedder, crops/s (low: channels_last)':<44}{embed_ceiling_fp32:>12.1f}{embed_ceiling:>12.1f}",
+        "",
+        f"ratios: end to end / fp32 ceiling {e2e / ceiling_all['fp32']:.2f}, / low-precision ceiling "
+        f"{e2e / ceiling_all['bf16']:.2f}; embed path / embedder ceiling {embed_path / embed_ceiling:.2f}"
+        + (f"; engine / old path {e2e / old_e2e:.2f}" if old_e2e else ""),
+        f"peak GPU memory (reserved, end to end): {peak_gb:.2f} GB",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    with open(log_path, "a") as f:
+        f.write("\n" + table + "\n")
+    summary = {
+        "e2e_images_per_s": round(e2e, 2),
+        "old_e2e_images_per_s": round(old_e2e, 2) if old_e2e else None,
+        "ceiling_fp32_images_per_s": round(ceiling_all["fp32"], 2),
+        "ceiling_bf16_images_per_s": round(ceiling_all["bf16"], 2),
+        "ceilings_per_detector": {p: {k: round(v, 2) for k, v in c.items()} for p, c in ceilings.items()},
+        "e2e_over_fp32_ceiling": round(e2e / ceiling_all["fp32"], 3),
+        "e2e_over_bf16_ceiling": round(e2e / ceiling_all["bf16"], 3),
+        "embed_path_crops_per_s": round(embed_path, 1),
+        "embed_ceiling_crops_per_s": round(embed_ceiling, 1),
+        "embed_ceiling_fp32_crops_per_s": round(embed_ceiling_fp32, 1),
+        "embed_path_over_ceiling": round(embed_path / embed_ceiling, 3),
+        "stages_per_s": {k: round(v, 1) for k, v in stage.items()},
+        "device": device_name,
+        "peak_gpu_memory_gb": round(peak_gb, 2),
+        "images": n_images,
+        "boxes": int(len(result.boxes)),
+        "failed": result.n_failed,
+        "engine": engine.model_dump(mode="json"),
+        "small": args.small,
+    }
+    (out / "gpu_throughput.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""bench/gpu_throughput.py --small on the CPU: it runs, writes its table, and its last line is the JSON it promises."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_throughput_small_prints_the_table_and_the_json_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_throughput.py"), "--small", "--images", "24", "--threads", "1",
+         "--device", "cpu", "--out", str(tmp_path)],
+        cwd=ROOT, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    for key in ("e2e_images_per_s", "old_e2e_images_per_s", "ceiling_fp32_images_per_s", "ceiling_bf16_images_per_s",
+                "embed_path_crops_per_s", "embed_ceiling_crops_per_s"):
+        assert summary[key] > 0, key
+    assert summary["device"] == "cpu" and summary["peak_gpu_memory_gb"] == 0.0
+    assert summary["images"] == 24 and summary["failed"] == 0 and summary["boxes"] > 0
+    assert summary["e2e_over_fp32_ceiling"] > 0 and summary["embed_path_over_ceiling"] > 0
+    assert any(line.strip().startswith("engine (run_segment)") for line in lines)
+    assert any(line.strip().startswith("all detectors") for line in lines)
+    assert json.loads((tmp_path / "gpu_throughput.json").read_text()) == summary
+    assert "engine (run_segment)" in (tmp_path / "gpu_throughput.txt").read_text()
