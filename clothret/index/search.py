@@ -13,7 +13,7 @@ import logging
 import tempfile
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
@@ -22,6 +22,7 @@ import numpy as np
 
 from clothret.detection.types import Detections
 from clothret.index.gallery import Gallery
+from clothret.index.gpu import GPU_MAX_K, GpuIndex, to_gpu, use_gpu
 from clothret.index.publish import build_url, current_build, read_build_manifest
 from clothret.index.results import QueryResult
 from clothret.store.files import read_bytes
@@ -92,12 +93,14 @@ def read_index_file(path: str | Path, *, mmap: bool = True) -> tuple[faiss.Index
 @dataclass
 class SearchIndex:
     """A published build: the FAISS index, its id map, its manifest, and how the index was loaded
-    (``"mmap"``: memory-mapped from its file, ``"memory"``: read or built in memory)."""
+    (``"mmap"``: memory-mapped from its file, ``"memory"``: read or built in memory). :meth:`on_device`
+    makes it search on the GPU."""
 
     index: faiss.Index
     gallery: Gallery
     manifest: dict
     load_mode: str = "memory"
+    _gpu: GpuIndex | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def load(
@@ -107,9 +110,11 @@ class SearchIndex:
         *,
         cache_dir: str | Path | None = None,
         mmap: bool = True,
+        device: str = "auto",
     ) -> SearchIndex:
         """Load the current build (or a named one) of an index root, memory-mapped where possible
-        (``mmap=False`` reads it into memory); remote builds are cached under ``cache_dir``."""
+        (``mmap=False`` reads it into memory); remote builds are cached under ``cache_dir``. ``device``:
+        where it searches (:meth:`on_device`)."""
         build_id = build_id or current_build(index_root)
         if build_id is None:
             raise FileNotFoundError(f"no index published under {index_root}: run a catalogue refresh first")
@@ -121,7 +126,18 @@ class SearchIndex:
         if len(gallery) != index.ntotal:
             raise ValueError(f"build {build_id}: id map has {len(gallery)} rows but the index {index.ntotal} vectors")
         logger.info("loaded index build %s (%d vectors, %s, %s)", build_id, index.ntotal, type(index).__name__, mode)
-        return cls(index, gallery, manifest, mode)
+        return cls(index, gallery, manifest, mode).on_device(device)
+
+    def on_device(self, device: str = "auto") -> SearchIndex:
+        """Search on the GPU (``"gpu"``; ``"auto"``: when faiss has one) or the CPU (``"cpu"``); an index the
+        GPU refuses searches on the CPU. Returns this index."""
+        self._gpu = to_gpu(self.index) if use_gpu(device) else None
+        return self
+
+    @property
+    def device(self) -> str:
+        """``"gpu"`` or ``"cpu"``: where :meth:`search` runs."""
+        return "gpu" if self._gpu is not None else "cpu"
 
     @property
     def version(self) -> str:
@@ -133,7 +149,8 @@ class SearchIndex:
             raise ValueError(f"query features must be (q, {self.index.d}), got {features.shape}")
         if len(features) == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-        return self.index.search(np.ascontiguousarray(features, dtype=np.float32), k)
+        index = self._gpu.index if self._gpu is not None and k <= GPU_MAX_K else self.index
+        return index.search(np.ascontiguousarray(features, dtype=np.float32), k)
 
     def query_results(
         self, image_id: str, detections: Detections, features: np.ndarray, *, k: int = 20

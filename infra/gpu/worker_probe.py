@@ -96,14 +96,20 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     bundle, manifest = (args.bundle, args.manifest) if args.bundle else _tiny_models(workdir)
 
+    import dask
     from distributed import Client
+    from prefect.utilities.importtools import from_qualified_name
 
-    from flows.cluster import dask_task_runner
+    from flows.cluster import cluster_settings, cluster_spec
+    from flows.worker_logs import WorkerDeathWatch
 
-    runner = dask_task_runner()
-    cluster_class, kwargs = runner.resolved_cluster_class or runner.cluster_class, runner.cluster_kwargs
-    print(json.dumps({"cluster_class": str(cluster_class), "cluster_kwargs": {k: str(v) for k, v in kwargs.items()}}), flush=True)
-    with cluster_class(**kwargs) as cluster, Client(cluster) as client:
+    address, class_name, kwargs = cluster_spec()
+    if address:
+        raise SystemExit("CLOTHRET_DASK_ADDRESS is set: this probe starts the cluster the flows would create")
+    print(json.dumps({"cluster_class": class_name, "cluster_kwargs": {k: str(v) for k, v in kwargs.items()}}), flush=True)
+    cluster_class = from_qualified_name(class_name)
+    with dask.config.set(cluster_settings()), cluster_class(**kwargs) as cluster, Client(cluster) as client:
+        WorkerDeathWatch(client, on_death=lambda death: print(death.report(), flush=True))
         info = client.scheduler_info()["workers"]
         print(json.dumps({"workers": {a: {"resources": w.get("resources"), "memory_limit_gb": round((w.get("memory_limit") or 0) / 2**30, 1)}
                                       for a, w in info.items()}}), flush=True)

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The GPU check: on a machine with a CUDA GPU, run the GPU-relevant tests (the refresh flow on a
+# LocalCUDACluster, worker loss on it, CUDA detector training, FAISS on the GPU, the segment engine on the
+# GPU) and a short throughput run, with every worker and nanny log line, into one folder (6 files):
+#
+#   PYTHON=python3 infra/gpu/check.sh OUT_DIR      # any Python with the project importable (`make gpu-check`
+#                                                   # makes a venv with the gpu extra and calls this)
+#
+#   OUT_DIR/summary.txt      one line per step: its exit status and seconds, then the test outcome counts
+#   OUT_DIR/env.txt          nvidia-smi, CPU and memory, the versions of torch, dask, dask-cuda, faiss
+#   OUT_DIR/tests.log        pytest's output with every log line (Dask workers and nannies at INFO)
+#   OUT_DIR/junit.xml        the tests' outcomes
+#   OUT_DIR/throughput.log   bench/throughput.py (its last line is a JSON object)
+#   OUT_DIR/dmesg.txt        the kernel's last lines (the OOM killer, GPU Xid errors)
+#
+# Under 5 minutes on one H100/H200: each step has its own time limit. Exit status: the tests' one.
+set -u
+out="${1:?usage: PYTHON=python3 infra/gpu/check.sh OUT_DIR}"
+py="${PYTHON:-python3}"
+cd "$(dirname "$0")/../.."
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+export DASK_LOGGING__DISTRIBUTED=info PYTHONFAULTHANDLER=1 PYTHONUNBUFFERED=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
+: > "$out/summary.txt"
+
+step() {  # step NAME LIMIT_S LOG COMMAND...: run it under a time limit, note its status and duration
+  local name=$1 limit=$2 log=$3 start rc
+  shift 3
+  start=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@" >> "$log" 2>&1
+  rc=$?
+  echo "$name: exit $rc in $(( $(date +%s) - start )) s$([ "$rc" = 124 ] && echo " (time limit ${limit} s)")" >> "$out/summary.txt"
+  return $rc
+}
+
+{
+  nvidia-smi || echo "nvidia-smi: not found"
+  echo "cores: $(nproc)"; free -g
+  "$py" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())"
+  "$py" -c "import dask, distributed; print('dask', dask.__version__, 'distributed', distributed.__version__)"
+  "$py" -c "import dask_cuda; print('dask-cuda', dask_cuda.__version__)" || echo "dask-cuda: not installed"
+  "$py" -c "import faiss; print('faiss', faiss.__version__, 'gpus seen by faiss', faiss.get_num_gpus() if hasattr(faiss, 'StandardGpuResources') else 'none (no GPU support)')"
+} > "$out/env.txt" 2>&1
+
+# The tests: the GPU ones (tests/test_gpu.py: the refresh flow on a LocalCUDACluster, CUDA detector training,
+# FAISS on the GPU; tests/test_engine_gpu.py) and worker loss on the cluster this machine gets (a
+# LocalCUDACluster), each test bounded by pytest-timeout.
+tests=()
+for t in tests/test_gpu.py tests/test_engine_gpu.py \
+  "tests/test_worker_loss.py::test_a_worker_killed_midway_is_survived_and_reported[cpu]" \
+  "tests/test_worker_loss.py::test_a_segment_that_kills_its_worker_every_time_fails_the_flow_in_bounded_time[sigkill-cpu]"; do
+  [ -e "${t%%::*}" ] && tests+=("$t")
+done
+step tests 210 "$out/tests.log" "$py" -m pytest -p no:cacheprovider -o log_cli=true --log-cli-level=INFO \
+  --timeout 150 -rs --junitxml "$out/junit.xml" "${tests[@]}"
+tests_rc=$?
+
+# A short throughput run: the flow against the bare loop on the same images (work files in a temporary folder).
+work="$(mktemp -d)"
+step throughput 60 "$out/throughput.log" "$py" bench/throughput.py --images 300 --segment-size 100 --steps 10 \
+  --workdir "$work"
+rm -rf "$work"
+
+(dmesg 2>&1 | tail -40) > "$out/dmesg.txt"
+grep -E "^(FAILED|ERROR|SKIPPED)|[0-9]+ (passed|failed|skipped)" "$out/tests.log" >> "$out/summary.txt"
+tail -1 "$out/throughput.log" >> "$out/summary.txt"
+cat "$out/summary.txt"
+exit $tests_rc
