@@ -253,8 +253,20 @@ class WorkerDeath:
             lines.append("It logged nothing before it died.")
         if self.faults.strip():
             lines.append("Traceback written on the fatal signal:")
-            lines += [f"  | {line}" for line in self.faults.strip().splitlines()[-30:]]
+            lines += [f"  | {line}" for line in _crashed_thread(self.faults)]
         return "\n".join(lines)
+
+
+def _crashed_thread(faults: str, limit: int = 40) -> list[str]:
+    """faulthandler's header and the traceback of the thread that crashed (the other threads left out)."""
+    lines = faults.strip().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Current thread")), 0)
+    block: list[str] = []
+    for line in lines[start:]:
+        if not line.strip() and block:
+            break
+        block.append(line)
+    return [line for line in lines[:start] if line.strip()] + block[:limit]
 
 
 @dataclass
