@@ -96,6 +96,8 @@ def _alone(start: Callable[[T], PrefectFuture], lost: list[T], runner: ClusterTa
         if _worker_lost(outcome):
             culprits_in_a_row += 1
             outcome = SegmentLost(f"its worker died each time it ran, also alone on the cluster; {_death_of(outcome, runner)}")
+        elif _no_worker(outcome):
+            outcome = SegmentLost(_no_worker_reason(outcome))
         else:
             culprits_in_a_row = 0
         yield segment, outcome, cached

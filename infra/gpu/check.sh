@@ -57,7 +57,7 @@ tests_rc=$?
 
 # A short throughput run: the flow against the bare loop on the same images (work files in a temporary folder).
 work="$(mktemp -d)"
-step throughput 60 "$out/throughput.log" "$py" bench/throughput.py --images 300 --segment-size 100 --steps 10 \
+step throughput 75 "$out/throughput.log" "$py" bench/throughput.py --images 300 --segment-size 100 --steps 10 \
   --workdir "$work"
 rm -rf "$work"
 
