@@ -29,10 +29,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clothret.detection.fusion import FusionConfig
-from clothret.detection.registry import check_backend, load_detector
+from clothret.detection.registry import backends, check_backend, load_detector, register_backend
 from clothret.weights import load_card
 
 logger = logging.getLogger(__name__)
+
+if "simulated" not in backends():  # seeded features without pixels, for benches and tests (clothret.simulated)
+    register_backend("simulated", "clothret.simulated:SimulatedBoxes.from_weights")
 
 
 class DetectorEntry(BaseModel):
@@ -231,10 +234,13 @@ class LoadedModels:
         return feats.cpu().numpy()
 
 
-
 def load_models(bundle: ModelBundle, *, device: str = "cpu") -> LoadedModels:
     """Build every detector and embedder of a bundle from its weights."""
     from clothret.embedding.model import Embedder
+    from clothret.simulated import is_simulated, load_simulated
+
+    if is_simulated(bundle):
+        return load_simulated(bundle)
 
     detectors = [load_detector(d, device=device) for d in bundle.detectors]
     embedders = [Embedder.from_weights(e.weights, name=e.name, device=device) for e in bundle.embedders]

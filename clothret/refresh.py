@@ -22,6 +22,7 @@ from clothret.index.gallery import gather_gallery
 from clothret.index.publish import current_build, publish_build, read_build_manifest, read_pointer_state
 from clothret.index.rebuild import build_validated
 from clothret.index.search import SearchIndex
+from clothret.index.streamed import build_for_catalog
 from clothret.models import cached_models, load_bundle
 from clothret.pipeline.engine_config import EngineConfig
 from clothret.pipeline.plan import RefreshPlan, SegmentPlan, plan_refresh
@@ -233,9 +234,15 @@ def build_and_publish(
     catalog = read_catalog(config.store_url, version)
     if not catalog.segments:
         raise ValueError(f"the catalog of version {version} in {config.store_url} has no live segments to index")
-    gallery = gather_gallery(config.store_url, version, catalog.segments, deleted_image_ids=catalog.deleted)
+    streamed = build_for_catalog(  # a large gallery: segment by segment, updating the serving build if it can
+        config.store_url, version, catalog.segments, catalog.deleted, config.index, config.index_url,
+        in_memory=config.postprocess.changes_gallery,
+    )
+    gallery = streamed.gallery if streamed else gather_gallery(
+        config.store_url, version, catalog.segments, deleted_image_ids=catalog.deleted
+    )
     gallery, finish_index, postprocess = postprocess_build(gallery, config.postprocess)
-    index, figures = build_validated(gallery, config.index)
+    index, figures = (streamed.index, streamed.figures) if streamed else build_validated(gallery, config.index)
     index = finish_index(index)  # a whitened build whitens each query itself
 
     bundle = load_bundle(config.bundle_url)
@@ -250,8 +257,8 @@ def build_and_publish(
         "bundle": bundle.model_dump(mode="json"),
         "catalog_generation": catalog.generation,
         "segments": list(catalog.segments),
-        "n_images": int(len(np.unique(gallery.image_ids))),
-        "n_items": int(len(np.unique(gallery.item_ids))),
+        "n_images": figures.get("n_images") or int(len(np.unique(gallery.image_ids))),  # a streamed build counted them
+        "n_items": figures.get("n_items") or int(len(np.unique(gallery.item_ids))),
         "n_boxes": int(len(gallery)),
         **figures,
         **postprocess,
@@ -262,7 +269,8 @@ def build_and_publish(
         searched = with_postprocessing(SearchIndex(index, gallery, manifest), config.postprocess)
         run_eval = evaluate_split(config.eval_split_url, models, searched)
         manifest.update(_acc_gate(config, run_eval.scores))
-    published = publish_build(config.index_url, index, gallery, manifest, activate=activate, since=since, run=run)
+    published = publish_build(config.index_url, index, gallery, manifest, activate=activate, since=since, run=run,
+                              files=streamed.files if streamed else None)
     out = {**manifest, "build_id": published.build_id, "active": published.active}
     if published.note:
         out["not_serving"] = published.note

@@ -29,14 +29,15 @@ from clothret.index.search import SearchIndex, read_index_file
 from clothret.index.validate import check_reload, recall_at_k, split_rows
 
 DIM = 32
-KINDS = ["flat", "ivf_flat", "ivf_pq", "hnsw"]
+KINDS = ["flat", "ivf_flat", "ivf_sq", "ivf_pq", "hnsw"]
 SANE = {  # settings a user would pick for a few thousand vectors: search breadth fixed, no tuning
     "flat": {},
     "ivf_flat": {"nlist": 32, "nprobe": 8},
+    "ivf_sq": {"nlist": 32, "nprobe": 8},
     "ivf_pq": {"nlist": 16, "nprobe": 4, "pq_m": 16},
     "hnsw": {"ef_search": 64},
 }
-TYPES = {"flat": "IndexFlatIP", "ivf_flat": "IndexIVFFlat", "ivf_pq": "IndexIVFPQ", "hnsw": "IndexHNSWFlat"}
+TYPES = {"flat": "IndexFlatIP", "ivf_flat": "IndexIVFFlat", "ivf_sq": "IndexIVFScalarQuantizer", "ivf_pq": "IndexIVFPQ", "hnsw": "IndexHNSWFlat"}
 
 
 def _unit(x):
@@ -85,7 +86,8 @@ def test_choose_index_kind_follows_the_rule():
     assert choose_index_kind(999, DIM, config) == "flat"
     assert choose_index_kind(1000, DIM, config) == "ivf_flat"
     assert choose_index_kind(8192, DIM, config) == "ivf_flat"  # exactly the budget fits
-    assert choose_index_kind(8193, DIM, config) == "ivf_pq"
+    assert choose_index_kind(8193, DIM, config) == "ivf_sq"  # float16 codes fit the budget
+    assert choose_index_kind(16385, DIM, config) == "ivf_pq"  # they no longer do
     assert choose_index_kind(8193, 8, config) == "ivf_flat"  # smaller vectors fit again
     assert choose_index_kind(10, DIM, IndexConfig(kind="hnsw")) == "hnsw"  # an explicit kind stands
     assert choose_index_kind(10**9, DIM, IndexConfig()) == "ivf_pq"
@@ -96,7 +98,7 @@ def test_choose_index_kind_follows_the_rule():
 def test_unknown_kind_and_bad_sizes_are_refused():
     with pytest.raises(pydantic.ValidationError, match="flat"):
         IndexConfig(kind="annoy")
-    with pytest.raises(ValueError, match="valid kinds: auto, flat, ivf_flat, ivf_pq, hnsw"):
+    with pytest.raises(ValueError, match="valid kinds: auto, flat, ivf_flat, ivf_sq, ivf_pq, hnsw"):
         choose_index_kind(10, DIM, IndexConfig.model_construct(kind="annoy"))
     with pytest.raises(ValueError, match="n_vectors=0"):
         choose_index_kind(0, DIM, IndexConfig())

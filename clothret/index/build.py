@@ -19,7 +19,9 @@ logger = logging.getLogger(__name__)
 
 ADD_BLOCK = 65_536  # vectors added per call: bounds the GPU's temporary memory
 EXACT_BLOCK = 32_768  # gallery rows per block of the brute-force reference
-GPU_KINDS = ("ivf_flat", "ivf_pq")  # flat gains nothing from a GPU round trip; hnsw has no GPU build here
+GPU_KINDS = ("ivf_flat", "ivf_sq", "ivf_pq")
+HNSW_QUANTIZER_M = 32  # links per centroid of an HNSW coarse quantizer
+HNSW_QUANTIZER_EF = 64  # its search breadth when assigning vectors to lists  # flat gains nothing from a GPU round trip; hnsw has no GPU build here
 
 
 def as_features(features: np.ndarray, name: str = "features") -> np.ndarray:
@@ -44,13 +46,19 @@ def new_index(plan: IndexPlan) -> faiss.Index:
         index = faiss.IndexHNSWFlat(d, plan.hnsw_m, ip)
         index.hnsw.efConstruction = plan.ef_construction
         return index
-    quantizer = faiss.IndexFlatIP(d)
+    if plan.quantizer == "hnsw":
+        quantizer = faiss.IndexHNSWFlat(d, HNSW_QUANTIZER_M, ip)
+        quantizer.hnsw.efSearch = HNSW_QUANTIZER_EF
+    else:
+        quantizer = faiss.IndexFlatIP(d)
     if plan.kind == "ivf_flat":
         index = faiss.IndexIVFFlat(quantizer, d, plan.nlist, ip)
+    elif plan.kind == "ivf_sq":
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, plan.nlist, faiss.ScalarQuantizer.QT_fp16, ip)
     elif plan.kind == "ivf_pq":
         index = faiss.IndexIVFPQ(quantizer, d, plan.nlist, plan.pq_m, PQ_NBITS, ip)
     else:
-        raise ValueError(f"no index for kind {plan.kind!r}; valid kinds: flat, ivf_flat, ivf_pq, hnsw")
+        raise ValueError(f"no index for kind {plan.kind!r}; valid kinds: flat, ivf_flat, ivf_sq, ivf_pq, hnsw")
     return index  # faiss's Python wrapper keeps ``quantizer`` alive as long as ``index``
 
 
@@ -94,7 +102,7 @@ def build_from_plan(features: np.ndarray, plan: IndexPlan, train_rows: np.ndarra
         raise ValueError(f"features of shape {feats.shape} do not match the plan ({plan.n_vectors}, {plan.dim})")
     started = time.perf_counter()
     index = new_index(plan)
-    gpu = _gpu_clone(index) if plan.kind in GPU_KINDS else None
+    gpu = _gpu_clone(index) if plan.kind in GPU_KINDS and plan.quantizer != "hnsw" else None
     target = gpu[0] if gpu else index
     if not target.is_trained:
         rows = np.arange(plan.n_vectors) if train_rows is None else np.asarray(train_rows)

@@ -28,17 +28,21 @@ class Gallery:
     def __len__(self) -> int:
         return len(self.features)
 
-    def to_bytes(self) -> bytes:
-        """The id map (everything but the features) as an .npz, loadable without pickle."""
-        buf = io.BytesIO()
+    def write_id_map(self, file) -> None:
+        """Write the id map (everything but the features) as an .npz to a path or binary file object."""
         np.savez(
-            buf,
-            image_ids=self.image_ids.astype(str),
-            item_ids=self.item_ids.astype(str),
+            file,
+            image_ids=self.image_ids.astype(str, copy=False),
+            item_ids=self.item_ids.astype(str, copy=False),
             boxes=self.boxes,
             categories=self.categories,
             scores=self.scores,
         )
+
+    def to_bytes(self) -> bytes:
+        """The id map (everything but the features) as an .npz, loadable without pickle."""
+        buf = io.BytesIO()
+        self.write_id_map(buf)
         return buf.getvalue()
 
     @classmethod

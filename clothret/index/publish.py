@@ -25,7 +25,12 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import fsspec
@@ -33,6 +38,7 @@ import fsspec
 from clothret.errors import StoreChanged
 from clothret.index.gallery import Gallery
 from clothret.store.cas import put_if_match, read_versioned
+from clothret.store.files import is_local
 from clothret.store.writer import describe, writer_info
 
 logger = logging.getLogger(__name__)
@@ -110,6 +116,52 @@ def write_build(index_root: str, index: faiss.Index, gallery: Gallery, manifest:
     return build_id
 
 
+def _file_digest(path: Path) -> dict:
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"sha256": digest, "bytes": path.stat().st_size}
+
+
+@contextmanager
+def build_folder(index_root: str) -> Iterator[Path]:
+    """A local folder to write a build's files into before :func:`write_build_files` publishes them: inside
+    ``<root>/builds/`` for a local root (so publishing is a rename, not a copy), a temporary folder
+    otherwise. Removed on exit unless it was published."""
+    fs, path = fsspec.core.url_to_fs(f"{index_root.rstrip('/')}/builds")
+    if is_local(fs):
+        fs.makedirs(path, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=".writing-", dir=path))
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="clothret-build-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_build_files(index_root: str, files: dict[str, Path], manifest: dict, *, n_vectors: int, dim: int) -> str:
+    """Publish a build written as local files (``index.faiss``, ``idmap.npz`` and any others), streamed
+    rather than held in memory: checksums, then the files (a rename into place for a local root, an
+    upload otherwise), then the manifest, which completes the build. Returns its id."""
+    if "index.faiss" not in files or "idmap.npz" not in files:
+        raise ValueError(f"a build needs index.faiss and idmap.npz, got {sorted(files)}")
+    entries = {name: _file_digest(Path(p)) for name, p in files.items()}
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    build_id = f"{stamp}-{entries['index.faiss']['sha256'][:8]}"
+    fs, path = fsspec.core.url_to_fs(build_url(index_root, build_id))
+    fs.makedirs(path, exist_ok=True)
+    for name, local in files.items():
+        if is_local(fs):
+            Path(local).replace(Path(path) / name)
+        else:
+            fs.put_file(str(local), f"{path}/{name}")
+    full = {**manifest, "build_id": build_id, "created": _now(), "n_vectors": int(n_vectors), "dim": int(dim),
+            "files": entries}
+    fs.pipe_file(f"{path}/{MANIFEST}", json.dumps(full, indent=2, default=_json_default).encode())
+    logger.info("wrote index build %s (%d vectors, from files) under %s", build_id, n_vectors, index_root)
+    return build_id
+
+
 def publish_build(
     index_root: str,
     index: faiss.Index,
@@ -119,13 +171,19 @@ def publish_build(
     activate: bool = True,
     since: PointerState | None = None,
     run: str = "",
+    files: dict[str, Path] | None = None,
 ) -> Published:
     """Write a new build and, with ``activate``, make it serve: see :func:`serve_new_build`.
 
-    ``since`` is the pointer as read before the build was made (default: as read now).
+    ``since`` is the pointer as read before the build was made (default: as read now). ``files``: the
+    build was written as local files already (a streamed build): they are published instead of
+    serializing ``index`` and ``gallery``.
     """
     since = since if since is not None else read_pointer_state(index_root)
-    build_id = write_build(index_root, index, gallery, manifest)
+    if files is not None:
+        build_id = write_build_files(index_root, files, manifest, n_vectors=index.ntotal, dim=index.d)
+    else:
+        build_id = write_build(index_root, index, gallery, manifest)
     if not activate:
         logger.info("build %s is not serving: promote it to serve it", build_id)
         return Published(build_id, False)

@@ -18,6 +18,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from clothret.datasets.catalogue import ManifestEntry
 from clothret.pipeline.reader import BAD_INPUT, TRANSIENT
@@ -74,22 +75,22 @@ class RefreshPlan:
         return sum(len(s.entries) for s in self.new)
 
 
-def _why(entry: ManifestEntry, live: LiveImages, retry_failed: bool) -> str | None:
-    """Why an image must be embedded now (``None``: its live entry stands)."""
-    if entry.image_id in live.damaged_images:
+def _why(entry: ManifestEntry, live: LiveImages, at: int | None, retry_failed: bool) -> str | None:
+    """Why an image must be embedded now (``None``: its live entry, number ``at`` in ``live``, stands)."""
+    if live.damaged_images and entry.image_id in live.damaged_images:
         return RECOMPUTE_DAMAGED
-    state = live.images.get(entry.image_id)
-    if state is None:
+    if at is None:
         return None if retry_failed else "new"
-    if state.sha256 != entry.sha256:
+    if live.sha256[at] != entry.sha256:
         return None if retry_failed else "changed"
-    if state.status == TRANSIENT:
+    status = live.status[at]
+    if status == STATUS_OK:
+        return None
+    if status == TRANSIENT:
         return "retry_transient"
-    if state.status == BAD_INPUT and retry_failed:
-        return "retry_bad_input"
-    if state.status not in (STATUS_OK, BAD_INPUT, TRANSIENT):
-        return "retry_unknown_status"
-    return None
+    if status == BAD_INPUT:
+        return "retry_bad_input" if retry_failed else None
+    return "retry_unknown_status"
 
 
 def plan_refresh(
@@ -112,18 +113,19 @@ def plan_refresh(
     live = live_images(store_url, catalog)
     reasons: Counter[str] = Counter()
     todo: list[tuple[ManifestEntry, str, str]] = []  # entry, the segment id it replaces, why
-    for entry in sorted(entries, key=lambda e: e.image_id):
-        why = _why(entry, live, retry_failed)
+    position = live.position
+    for entry in sorted(entries, key=attrgetter("image_id")):
+        at = position.get(entry.image_id)
+        why = _why(entry, live, at, retry_failed)
         if why is None:
-            state = live.images.get(entry.image_id)
-            if state is None:
+            if at is None:
                 reasons["waiting_new"] += 1  # only with retry_failed
             else:
-                reasons["unchanged" if state.status == STATUS_OK else f"skipped_{state.status}"] += 1
+                status = live.status[at]
+                reasons["unchanged" if status == STATUS_OK else f"skipped_{status}"] += 1
             continue
         reasons[why] += 1
-        previous = live.images.get(entry.image_id)
-        replaced = live.damaged_images.get(entry.image_id) or (previous.segment_id if previous else "")
+        replaced = live.damaged_images.get(entry.image_id) or (live.segment_ids[at] if at is not None else "")
         todo.append((entry, replaced, why))
 
     listed = {e.image_id for e in entries}
@@ -131,8 +133,9 @@ def plan_refresh(
     if retry_failed:  # deletions wait for an ordinary refresh
         gone = {i for i in catalog.deleted}
     else:
-        gone = {i for i in live.images if i not in listed} | {i for i in catalog.deleted if i not in listed}
-    still_live = {s.segment_id for i, s in live.images.items() if i not in replaced and i not in gone}
+        gone = (position.keys() - listed) | {i for i in catalog.deleted if i not in listed}
+    dropped = replaced | gone
+    still_live = {live.segment_ids[at] for i, at in position.items() if i not in dropped}
     live_ids = [s for s in catalog.segments if s in still_live]
     # a deleted id stays in the catalog while any live segment still holds an entry for it
     deleted = {i for s in live_ids for i in live.held.get(s, ()) if i in gone}

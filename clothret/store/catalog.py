@@ -68,18 +68,38 @@ class ImageState:
 
 @dataclass
 class LiveImages:
-    """The live entry of every image not deleted (``images``), and every image id each live segment
-    holds, stale and deleted entries included (``held``).
+    """The live entry of every image not deleted, and every image id each live segment holds, stale and
+    deleted entries included (``held``).
+
+    Entries are kept column-wise (one list per field, ``position`` maps an image id to its live entry),
+    so that millions of images cost a few lists rather than an object each; :meth:`get` and
+    :attr:`images` give them as :class:`ImageState`.
 
     A live segment that fails its check counts as absent: it is in ``damaged`` (segment id → reason),
     and each image whose latest entry it held is in ``damaged_images`` (image id → segment id) when
     its image ids could still be read.
     """
 
-    images: dict[str, ImageState] = field(default_factory=dict)
+    position: dict[str, int] = field(default_factory=dict)
+    segment_ids: list[str] = field(default_factory=list)  # per entry
+    sha256: list[str] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
     held: dict[str, list[str]] = field(default_factory=dict)
     damaged: dict[str, str] = field(default_factory=dict)
     damaged_images: dict[str, str] = field(default_factory=dict)
+
+    def get(self, image_id: str) -> ImageState | None:
+        """The live entry of an image, or ``None``."""
+        at = self.position.get(image_id)
+        if at is None:
+            return None
+        return ImageState(self.segment_ids[at], self.sha256[at], self.status[at], self.reasons[at])
+
+    @property
+    def images(self) -> dict[str, ImageState]:
+        """Every live entry as an :class:`ImageState` (an object per image: for small catalogs and tests)."""
+        return {image_id: self.get(image_id) for image_id in self.position}
 
 
 def catalog_url(store_url: str, version: str) -> str:
@@ -161,8 +181,15 @@ def live_images(store_url: str, catalog: Catalog, *, threads: int = 8) -> LiveIm
                     live.damaged_images[image_id] = seg_id
             continue
         live.held[seg_id] = table.image_ids
-        for image_id, sha, status, reason in zip(table.image_ids, table.sha256, table.status, table.reasons):
-            if image_id not in catalog.deleted:
-                live.images[image_id] = ImageState(seg_id, sha, status, reason)
+        start = len(live.sha256)
+        live.segment_ids.extend([seg_id] * len(table.image_ids))
+        live.sha256.extend(table.sha256)
+        live.status.extend(table.status)
+        live.reasons.extend(table.reasons)
+        live.position.update(zip(table.image_ids, range(start, start + len(table.image_ids))))
+        if live.damaged_images:
+            for image_id in table.image_ids:
                 live.damaged_images.pop(image_id, None)
+    for image_id in catalog.deleted:
+        live.position.pop(image_id, None)
     return live

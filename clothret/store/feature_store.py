@@ -332,6 +332,16 @@ def read_segment(url: str) -> SegmentResult:
     )
 
 
+def open_segment(url: str) -> tuple[zarr.Group, str]:
+    """The Zarr group of a committed, complete segment and its URL (its attempt's folder); an uncommitted
+    segment raises ``FileNotFoundError``, a damaged one :class:`~clothret.errors.SegmentDamaged`."""
+    opened = _open_checked(url)
+    if isinstance(opened, str):
+        raise _damaged(url, opened)
+    group, marker = opened
+    return group, group_url(url, marker)
+
+
 def image_table_or_reason(url: str) -> ImageTable | str:
     """The per-image arrays of a committed segment, or why it cannot be used (not committed, damaged)."""
     try:
@@ -344,7 +354,7 @@ def image_table_or_reason(url: str) -> ImageTable | str:
     data = _read_arrays(opened[0], names)
     if isinstance(data, str):
         return data
-    return ImageTable(*([str(v) for v in data[name]] for name in names))
+    return ImageTable(*(np.asarray(data[name]).astype(np.dtypes.StringDType()).tolist() for name in names))
 
 
 def read_image_table(url: str) -> ImageTable:
