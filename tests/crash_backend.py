@@ -4,8 +4,9 @@ image of exactly :data:`POISON_SHAPE`) takes its process down, as a crash in nat
 - ``crash-kill``: the process sends itself ``SIGKILL``;
 - ``crash-exit``: the process ends with ``os._exit(EXIT_STATUS)``.
 
-Importing this module registers both. The tests load it in every Dask worker process as a preload module
-(dask's ``distributed.worker.preload``), and in the flow's process by importing it.
+:func:`register` registers both. The tests load this module in every Dask worker process as a preload
+module (dask's ``distributed.worker.preload``, whose ``dask_setup`` hook registers them there), and
+register them in the flow's process for the length of a test.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from clothret.detection.registry import backends, register_backend
+from clothret.detection.registry import backends, register_backend, unregister_backend
 from clothret.detection.types import Detections
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,22 @@ def _loader(how: str):
     return load
 
 
-for _how in ("kill", "exit"):
-    if f"crash-{_how}" not in backends():
-        register_backend(f"crash-{_how}", _loader(_how))
+NAMES = ("crash-kill", "crash-exit")
+
+
+def register() -> None:
+    """Register the crash-* backends in this process (once)."""
+    for name in NAMES:
+        if name not in backends():
+            register_backend(name, _loader(name.removeprefix("crash-")))
+
+
+def unregister() -> None:
+    for name in NAMES:
+        if name in backends():
+            unregister_backend(name)
+
+
+def dask_setup(worker) -> None:
+    """Dask's preload hook, run in each worker process as it starts."""
+    register()

@@ -22,6 +22,7 @@ import fsspec
 import psutil
 import pytest
 import yaml
+import crash_backend
 from crash_backend import EXIT_STATUS, write_poison_image
 
 from clothret.datasets.catalogue import ManifestEntry, file_sha256, read_manifest, write_manifest
@@ -130,11 +131,16 @@ def test_a_worker_killed_midway_is_survived_and_reported(prefect_server, tiny_wo
 
 
 @pytest.fixture
-def crash_preload():
-    """Every Dask worker started in the block imports tests/crash_backend.py (the crash-* backends).
-    (``distributed`` is imported above: the block, when it ends, removes the keys it did not find.)"""
-    with dask.config.set({"distributed.worker.preload": ["crash_backend"]}):
-        yield
+def crash_backends():
+    """The crash-* backends in this process and in every Dask worker started meanwhile (tests/crash_backend.py
+    as a preload). (``distributed`` is imported above: the config block, when it ends, removes the keys it
+    did not find.)"""
+    crash_backend.register()
+    try:
+        with dask.config.set({"distributed.worker.preload": ["crash_backend"]}):
+            yield
+    finally:
+        crash_backend.unregister()
 
 
 def _poisoned(tiny_workdir: Path, manifest: str, tmp_path: Path, how: str) -> tuple[str, str]:
@@ -159,10 +165,8 @@ def _poisoned(tiny_workdir: Path, manifest: str, tmp_path: Path, how: str) -> tu
 @pytest.mark.parametrize(("how", "gpu_resource"), [("kill", False), ("exit", True)],
                          ids=["sigkill-cpu", "exit-status-gpu-resource"])
 def test_a_segment_that_kills_its_worker_every_time_fails_the_flow_in_bounded_time(
-    prefect_server, tiny_workdir, shop_manifest, tmp_path, monkeypatch, crash_preload, how, gpu_resource
+    prefect_server, tiny_workdir, shop_manifest, tmp_path, monkeypatch, crash_backends, how, gpu_resource
 ):
-    import crash_backend  # noqa: F401 - the crash-* backends, for the bundle read in this process
-
     from clothret import refresh
     from clothret.errors import SegmentsFailed
     from flows.catalogue_refresh import catalogue_refresh
