@@ -41,7 +41,10 @@ sys.path.insert(0, str(ROOT))
 QUICK, FULL = 1_000_000, 10_000_000
 MEAN_BOXES = 3.0  # the simulated detector's 1..5 boxes per image
 AUTOFAISS_ENV = ROOT / ".venv-autofaiss"
-AUTOFAISS_PINS = ("autofaiss==2.18.0", "pyarrow<17")  # its PyPI install pairs numpy 1.26 with a NumPy-2 pyarrow
+AUTOFAISS_PINS = ("autofaiss==2.18.0", "pyarrow<17", "faiss-cpu==1.7.4")
+"""Its PyPI install pairs numpy 1.26 with a pyarrow that needs NumPy 2, and with a faiss-cpu whose OPQMatrix no
+longer takes the keyword arguments autofaiss passes (its OPQ+IVF+PQ choice for large galleries fails)."""
+_AUTOFAISS_CHECK = "import autofaiss, faiss, pyarrow; assert faiss.__version__ == '1.7.4'"
 
 logger = logging.getLogger("bench.scale")
 
@@ -178,9 +181,10 @@ def measure_search(index_url: str, queries, *, batch: int = 64) -> dict:
 def ensure_autofaiss_env() -> Path:
     """``.venv-autofaiss`` with autofaiss and a pyarrow that works with its numpy (made once)."""
     python = AUTOFAISS_ENV / "bin" / "python"
-    if python.exists() and subprocess.run([str(python), "-c", "import autofaiss"], capture_output=True).returncode == 0:
+    if python.exists() and subprocess.run([str(python), "-c", _AUTOFAISS_CHECK], capture_output=True).returncode == 0:
         return python
-    subprocess.run([sys.executable, "-m", "venv", str(AUTOFAISS_ENV)], check=True)
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(AUTOFAISS_ENV)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", *AUTOFAISS_PINS], check=True)
     return python
 
@@ -256,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where store, index and manifests go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--item-spread", type=float, default=None,
+                        help="simulated items' spread around their cluster (default: SimulatedConfig's; "
+                        "larger = neighbours less clustered, a harder index)")
     args = parser.parse_args(argv)
     n_boxes = args.n_boxes or (QUICK if args.quick else FULL)
     n_images = max(10, round(n_boxes / MEAN_BOXES))
@@ -274,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="clothret-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
     stages = Stages()
-    bundle_url = write_simulated_bundle(str(workdir / "models"), seed=args.seed)
+    spread = {} if args.item_spread is None else {"item_spread": args.item_spread}
+    bundle_url = write_simulated_bundle(str(workdir / "models"), seed=args.seed, **spread)
     version = load_bundle(bundle_url).version()
     models = load_models(load_bundle(bundle_url))
     manifest_url = str(workdir / "manifest.jsonl")
@@ -326,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {
         "n_boxes": full["n_boxes"], "n_images": full["n_images"], "dim": full["dim"],
+        "simulated": load_bundle(bundle_url).identity()["embedders"][0]["model"].get("config"),
         "index_kind": full["index_kind"], "nlist": full.get("nlist"), "nprobe": full.get("nprobe"),
         "quantizer": full.get("quantizer"), "n_train": full.get("n_train"),
         "recall_at_10": full["recall_at_10"], "build_seconds": full["build_seconds"],
