@@ -49,6 +49,15 @@ _AUTOFAISS_CHECK = "import autofaiss, faiss, pyarrow; assert faiss.__version__ =
 logger = logging.getLogger("bench.scale")
 
 
+def rss_gb() -> float:
+    """Resident memory of this process now, in GB (Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024 / 1e9
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def peak_rss_gb(children: bool = False) -> float:
     """Peak resident memory of this process (or of its largest waited-for child) in GB."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
@@ -66,7 +75,8 @@ class Stages:
         out = fn(*args, **kw)
         seconds = time.perf_counter() - start
         self.rows.append({"stage": name, "seconds": round(seconds, 2),
-                          "peak_rss_gb": round(max(peak_rss_gb(), peak_rss_gb(True) if children else 0), 2)})
+                          "peak_rss_gb": round(max(peak_rss_gb(), peak_rss_gb(True) if children else 0), 2),
+                          "rss_after_gb": round(rss_gb(), 2)})
         logger.warning("%-28s %8.1f s", name, seconds)
         return out
 
@@ -74,8 +84,9 @@ class Stages:
         return round(sum(r["seconds"] for r in self.rows if r["stage"] in names), 2)
 
     def table(self) -> str:
-        lines = [f"{'stage':<30}{'seconds':>10}{'peak RSS GB':>13}"]
-        lines += [f"{r['stage']:<30}{r['seconds']:>10.1f}{r['peak_rss_gb']:>13.2f}" for r in self.rows]
+        lines = [f"{'stage':<40}{'seconds':>10}{'peak RSS GB':>13}{'RSS after GB':>14}"]
+        lines += [f"{r['stage']:<40}{r['seconds']:>10.1f}{r['peak_rss_gb']:>13.2f}{r['rss_after_gb']:>14.2f}"
+                  for r in self.rows]
         return "\n".join(lines)
 
 
