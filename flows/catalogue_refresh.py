@@ -33,7 +33,8 @@ def _steps(config: RefreshConfig, *, activate: bool, key: str) -> dict:
 
     def submit(segment):
         return embed_segment.with_options(refresh_cache=segment.segment_id not in plan.committed).submit(
-            segment, config.bundle_url, plan.version, config.device, config.batch_size, config.s3_block
+            segment, config.bundle_url, plan.version, config.device, config.batch_size, config.s3_block,
+            engine=config.engine,
         )
 
     results, errors, cached = [], {}, 0

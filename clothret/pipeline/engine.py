@@ -37,6 +37,7 @@ from clothret.models import LoadedModels
 from clothret.pipeline.decode import DeviceJpeg, decode_on_device, decode_on_host, for_device
 from clothret.pipeline.engine_config import EngineConfig
 from clothret.pipeline.fusion_pool import Fuser, auto_processes
+from clothret.pipeline.host_memory import reuse_freed_memory
 from clothret.pipeline.mapper import ImageOutput, fuse_images, map_one_by_one
 from clothret.pipeline.reader import BAD_INPUT, ImageFailure, ImageLimits, UnusableImage, read_bytes
 
@@ -284,6 +285,7 @@ class SegmentEngine:
             return self._isolate(batch, exc)
 
     def run(self, uris: Sequence[str], names: Sequence[str], on_output: OnOutput) -> None:
+        reuse_freed_memory()
         prepare_models(self.models, self.config)
         concurrent = self.cuda and self.config.concurrent_detectors and len(self.models.detectors) > 1
         streams = [torch.cuda.Stream(self.device) for _ in self.models.detectors] if concurrent else None
