@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fusion-processes", type=int, default=None,
                         help="fusion worker processes (default: the engine's auto, 0 on the CPU)")
     parser.add_argument("--no-device-decode", action="store_true", help="decode every image with Pillow")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN times its algorithms per shape")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--skip-old", action="store_true", help="do not run the old path (it is slow)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, batches_in_flight=args.batches_in_flight, autocast=args.autocast,
         compile=args.compile, concurrent_detectors=args.concurrent_detectors, fusion_processes=args.fusion_processes,
         decode_on_device=not args.no_device_decode, channels_last=not args.no_channels_last,
+        cudnn_benchmark=args.cudnn_benchmark,
     )
     dtype = engine.autocast_dtype(device)
     fusion_processes = auto_processes(device.type) if engine.fusion_processes is None else engine.fusion_processes
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         f"device {device_name}; {n_images} JPEGs {sizes['image_size'][0]}x{sizes['image_size'][1]}, batch "
         f"{args.batch_size}, autocast {dtype}, channels_last {engine.channels_last}, compile {engine.compile}, "
         f"batches in flight {engine.batches_in_flight}, fusion processes {fusion_processes}, device decode {engine.decode_on_device and device.type == 'cuda'}, "
-        f"concurrent detectors {engine.concurrent_detectors}",
+        f"concurrent detectors {engine.concurrent_detectors}, cuDNN benchmark (ceilings too) {engine.cudnn_benchmark}",
         "",
         f"{'end to end':<44}{'images/s':>12}",
         f"{'  engine (run_segment)':<44}{e2e:>12.1f}",

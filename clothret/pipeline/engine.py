@@ -2,17 +2,17 @@
 
 ::
 
-    reader threads ──► loader thread ────────► [decoded batches] ──► model thread: detect(b) ──► fusion thread
+    reader threads ──► loader thread ────────► [decoded batches] ──► model thread: detect(b) ──► fuser
     (read; Pillow      (batches; nvJPEG on       batches_in_flight                  embed(b-1) ◄── fuse(b-1)
-     decodes)           the GPU; upload once)
+     decodes)           the GPU; upload once)                                     (a thread, or worker processes)
 
 The images go to the models' device once, as uint8. There the detectors run batched
 (:meth:`~clothret.detection.torchvision_backend.TorchvisionDetector.detect_resident`), and after fusion the
 crops are cut and resized from the resident images and embedded (:meth:`~clothret.models.LoadedModels.embed_boxes`).
 While the model thread runs the detectors on batch ``b`` (CUDA kernels and torch's CPU kernels release the
-GIL), the fusion thread fuses batch ``b - 1`` and the loader decodes ``b + 1``; then the model thread embeds
-``b - 1``. The queues are bounded (``batches_in_flight``), so memory stays flat. The same code runs on the
-CPU, where Pillow decodes and the networks run in float32.
+GIL), the fuser (:mod:`clothret.pipeline.fusion_pool`) fuses batch ``b - 1`` and the loader decodes ``b + 1``;
+then the model thread embeds ``b - 1``. The queues are bounded (``batches_in_flight``), so memory stays flat.
+The same code runs on the CPU, where Pillow decodes and the networks run in float32.
 
 One model error on one image is that image's failure: a batch that raises anywhere after decoding runs
 again image by image (:func:`~clothret.pipeline.mapper.map_one_by_one`). Detector and embedder objects
@@ -120,7 +120,10 @@ def map_resident(models: LoadedModels, images: Sequence[torch.Tensor], *, config
 
 
 def prepare_models(models: LoadedModels, config: EngineConfig) -> None:
-    """Put the models in the memory format and compile mode of ``config`` (models without the setting are left alone)."""
+    """Put the models in the memory format and compile mode of ``config`` (models without the setting are left
+    alone); turn cuDNN's benchmark mode on when ``config`` asks for it."""
+    if config.cudnn_benchmark and models.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     for model in (*models.detectors, *models.embedders):
         if hasattr(model, "configure"):
             model.configure(channels_last=config.channels_last, compile=config.compile)

@@ -46,6 +46,10 @@ class EngineConfig(BaseModel):
         description="processes fusing boxes (0: one thread; unset: up to 4 per GPU with CUDA, 0 on the CPU); a "
         "process that may not start children (a Dask worker by default) fuses on one thread",
     )
+    cudnn_benchmark: bool = Field(
+        False, description="let cuDNN time its convolution algorithms for each new input shape (process-wide; "
+        "pays off when most batches share a shape)",
+    )
     concurrent_detectors: bool = Field(
         False, description="run the detectors of an ensemble at once, each on its own CUDA stream (CUDA only)"
     )
