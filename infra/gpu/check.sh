@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: on a machine with a CUDA GPU, run the GPU-relevant tests (the refresh flow on a
 # LocalCUDACluster, worker loss on it, CUDA detector training, FAISS on the GPU, the segment engine on the
-# GPU) and a short throughput run, with every worker and nanny log line, into one folder (6 files):
+# GPU) and a short throughput run, with every worker and nanny log line, into one folder (6-7 files):
 #
 #   PYTHON=python3 infra/gpu/check.sh OUT_DIR      # any Python with the project importable (`make gpu-check`
 #                                                   # makes a venv with the gpu extra and calls this)
@@ -10,7 +10,8 @@
 #   OUT_DIR/env.txt          nvidia-smi, CPU and memory, the versions of torch, dask, dask-cuda, faiss
 #   OUT_DIR/tests.log        pytest's output with every log line (Dask workers and nannies at INFO)
 #   OUT_DIR/junit.xml        the tests' outcomes
-#   OUT_DIR/throughput.log   bench/throughput.py (its last line is a JSON object)
+#   OUT_DIR/throughput.log   bench/gpu_throughput.py on a GPU, else bench/throughput.py (last line: JSON)
+#   OUT_DIR/gpu_throughput.txt  on a GPU: the engine's stage table, ceilings and ratios
 #   OUT_DIR/dmesg.txt        the kernel's last lines (the OOM killer, GPU Xid errors)
 #
 # Under 5 minutes on one H100/H200: each step has its own time limit. Exit status: the tests' one.
@@ -51,14 +52,22 @@ for t in tests/test_gpu.py tests/test_engine_gpu.py \
   "tests/test_worker_loss.py::test_a_segment_that_kills_its_worker_every_time_fails_the_flow_in_bounded_time[sigkill-cpu]"; do
   [ -e "${t%%::*}" ] && tests+=("$t")
 done
-step tests 210 "$out/tests.log" "$py" -m pytest -p no:cacheprovider -o log_cli=true --log-cli-level=INFO \
+step tests "${TESTS_LIMIT:-210}" "$out/tests.log" "$py" -m pytest -p no:cacheprovider -o log_cli=true --log-cli-level=INFO \
   --timeout 150 -rs --junitxml "$out/junit.xml" "${tests[@]}"
 tests_rc=$?
 
-# A short throughput run: the flow against the bare loop on the same images (work files in a temporary folder).
+# A short throughput run. On a GPU: bench/gpu_throughput.py (paper-sized random-init models through the segment
+# engine against the old path and the models' own ceilings; its table and JSON are copied here). Without one:
+# the flow against the bare loop on the same images (bench/throughput.py).
 work="$(mktemp -d)"
-step throughput 75 "$out/throughput.log" "$py" bench/throughput.py --images 300 --segment-size 100 --steps 10 \
-  --workdir "$work"
+if "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  step gpu-throughput "${GPU_THROUGHPUT_LIMIT:-150}" "$out/throughput.log" "$py" bench/gpu_throughput.py \
+    --images "${GPU_THROUGHPUT_IMAGES:-96}" --out "$work"
+  cp "$work/gpu_throughput.txt" "$out/gpu_throughput.txt" 2>/dev/null
+else
+  step throughput 75 "$out/throughput.log" "$py" bench/throughput.py --images 300 --segment-size 100 --steps 10 \
+    --workdir "$work"
+fi
 rm -rf "$work"
 
 (dmesg 2>&1 | tail -40) > "$out/dmesg.txt"
