@@ -217,8 +217,9 @@ def export_vectors(store_url: str, version: str, catalog, folder: Path) -> Path:
     return folder
 
 
-def run_autofaiss(python: Path, vectors: Path, out: Path, memory_gb: float) -> dict:
-    """autofaiss.build_index in its environment; returns its build seconds and index bytes."""
+def run_autofaiss(python: Path, vectors: Path, out: Path, memory_gb: float, timeout_s: float) -> dict:
+    """autofaiss.build_index in its environment; returns its build seconds and index bytes, or why it has
+    none (``error``: it failed or ran past ``timeout_s``)."""
     script = f"""
 import json, time
 from autofaiss import build_index
@@ -229,9 +230,14 @@ build_index(embeddings={str(vectors)!r}, index_path={str(out / 'knn.index')!r},
             min_nearest_neighbors_to_retrieve=10, save_on_disk=True, verbose=30)
 print(json.dumps({{"seconds": time.perf_counter() - start}}))
 """
-    done = subprocess.run([str(python), "-c", script], capture_output=True, text=True)
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"stopped after {timeout_s:.0f} s", "seconds": time.perf_counter() - start}
     if done.returncode != 0:
-        raise RuntimeError(f"autofaiss failed: {done.stderr[-3000:]}")
+        logger.warning("autofaiss failed: %s", done.stderr[-3000:])
+        return {"error": f"exit status {done.returncode}", "seconds": time.perf_counter() - start}
     seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
     infos = json.loads((out / "infos.json").read_text()) if (out / "infos.json").exists() else {}
     return {"seconds": seconds, "bytes": (out / "knn.index").stat().st_size, "key": infos.get("index_key")}
@@ -268,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="boxes from which the index is built streamed (default: IndexConfig's)")
     parser.add_argument("--queries", type=int, default=2000, help="search latency queries")
     parser.add_argument("--autofaiss", choices=("run", "skip"), default="run", help="build autofaiss's index too")
+    parser.add_argument("--autofaiss-timeout", type=float, default=3600, help="seconds autofaiss may build for")
     parser.add_argument("--workdir", default=None, help="where store, index and manifests go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
     parser.add_argument("--seed", type=int, default=0)
@@ -284,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     from clothret.datasets.catalogue import write_manifest
     from clothret.index.config import IndexConfig
     from clothret.index.publish import build_url
+    from clothret.index.streamed import release_freed_memory
     from clothret.models import load_bundle, load_models
     from clothret.refresh import RefreshConfig
     from clothret.simulated import simulated_manifest, write_simulated_bundle
@@ -337,10 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         python = stages.run("autofaiss env", ensure_autofaiss_env)
         vectors = stages.run("export vectors (.npy)", export_vectors, config.store_url, version,
                              read_catalog(config.store_url, version), workdir / "autofaiss-in")
+        release_freed_memory()  # autofaiss gets the memory the export scanned with
         af = stages.run("autofaiss build", run_autofaiss, python, vectors, workdir / "autofaiss-out",
-                        args.memory_budget_mb / 1024, children=True)
-        af["recall_at_10"] = stages.run("autofaiss recall", autofaiss_recall, workdir / "autofaiss-out" / "knn.index",
-                                        build)
+                        args.memory_budget_mb / 1024, args.autofaiss_timeout, children=True)
+        if "error" not in af:
+            af["recall_at_10"] = stages.run("autofaiss recall", autofaiss_recall,
+                                            workdir / "autofaiss-out" / "knn.index", build)
         shutil.rmtree(workdir / "autofaiss-in", ignore_errors=True)
 
     summary = {
@@ -361,9 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         "search_p50_ms": search["single_p50_ms"], "search_p99_ms": search["single_p99_ms"],
         "search_qps": search["single_qps"], "search_batch64_qps": search["batch64_qps"],
         "search_load_mode": search["load_mode"],
-        "autofaiss_build_seconds": round(af["seconds"], 2) if af else None,
+        "autofaiss_build_seconds": round(af["seconds"], 2) if af and "error" not in af else None,
         "autofaiss_recall_at_10": af.get("recall_at_10"), "autofaiss_index_bytes": af.get("bytes"),
-        "autofaiss_index_key": af.get("key"),
+        "autofaiss_index_key": af.get("key"), "autofaiss_error": af.get("error"),
         "peak_rss_gb": max(r["peak_rss_gb"] for r in stages.rows),
         "stages": stages.rows,
     }
@@ -376,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({search['batch_threads']} threads), {search['load_mode']}")
     print(f"full refresh {full_seconds:.1f} s; incremental {incremental_seconds:.1f} s "
           f"(recall@10 {incremental['recall_at_10']:.4f}, updated from {incremental.get('updated_from')})")
-    if af:
+    if af and "error" in af:
+        print(f"autofaiss: {af['error']} ({af['seconds']:.0f} s)")
+    elif af:
         print(f"autofaiss {af.get('key')}: build {af['seconds']:.1f} s, recall@10 {af['recall_at_10']:.4f}, "
               f"index {af['bytes'] / 1e9:.2f} GB")
     if not args.keep and not args.workdir:
