@@ -84,6 +84,11 @@ def cluster_spec() -> tuple[str | None, str | None, dict[str, Any]]:
         return address, None, {}
     if _use_cuda_cluster():
         kwargs = {"threads_per_worker": 1, "resources": {"GPU": 1}, "silence_logs": False}
+        # LocalCUDACluster sets its workers' preload list itself (dask_cuda.initialize), which hides dask's
+        # distributed.worker.preload setting: pass the configured preloads so they run there too.
+        preload = dask.config.get("distributed.worker.preload", None) or []
+        if preload:
+            kwargs["preload"] = [preload] if isinstance(preload, str) else list(preload)
         return None, "dask_cuda.LocalCUDACluster", kwargs
     cores = os.cpu_count() or 2
     workers = int(os.environ.get("CLOTHRET_DASK_WORKERS", max(2, cores // 2)))
