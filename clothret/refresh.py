@@ -129,7 +129,7 @@ def embed_segment(
     result = run_segment(
         segment.entries, models, batch_size=batch_size, engine=engine or EngineConfig(), on_progress=on_progress
     )
-    commit = commit_segment(segment.url, result, run=run)
+    commit = commit_segment(segment.url, result, run=run, info={"bundle_url": bundle_url})
     if not commit.won:
         return {**base, **commit.counts, "computed": False}
     failed = {

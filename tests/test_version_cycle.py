@@ -17,6 +17,7 @@ from clothret.index.publish import current_build
 from clothret.index.search import SearchIndex
 from clothret.models import load_bundle
 from clothret.refresh import RefreshConfig
+from clothret.store.feature_store import read_marker, segment_url
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +64,9 @@ def test_refresh_backfill_promote_refresh_with_bundles_under_other_urls(
     nightly = _config(root, current)
     first = catalogue_refresh(nightly)
     assert first["segments_computed"] > 0 and first["bundle_url"] == current
+    # the store records which bundle URL produced a segment, as information only
+    marker = read_marker(segment_url(nightly.store_url, first["model_version"], first["segments"][0]))
+    assert marker["info"] == {"bundle_url": current}
 
     # the same models copied under next/: the same version, so the backfill has nothing to compute
     same = _upload_models(tiny_workdir / "models", f"{root}/models/next")

@@ -180,8 +180,10 @@ def _remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
         logger.warning("could not remove %s: %r", path, exc)
 
 
-def commit_segment(url: str, result: SegmentResult, *, run: str = "") -> SegmentCommit:
+def commit_segment(url: str, result: SegmentResult, *, run: str = "", info: dict | None = None) -> SegmentCommit:
     """Write a segment under a new attempt folder, then commit it with one create-only put of its marker.
+
+    ``info`` (e.g. the bundle URL that produced the features) is recorded in the marker as information only.
 
     When another writer committed the segment first, this writer's attempt is deleted and the winner's
     segment is used: the returned commit has ``won=False`` and the winner's counts.
@@ -199,7 +201,7 @@ def commit_segment(url: str, result: SegmentResult, *, run: str = "") -> Segment
     counts = dict(result.counts)
     marker = {
         "format": FORMAT, "attempt": attempt, "writer": writer_info(run), "arrays": arrays, "files": files,
-        "counts": counts,
+        "counts": counts, **({"info": info} if info else {}),
     }
     if put_if_absent(f"{url.rstrip('/')}/{MARKER}", json.dumps(marker, indent=1).encode()):
         logger.info("committed segment %s (%d images, %d boxes)", url, n_images, len(result.boxes))
