@@ -209,11 +209,12 @@ def export_vectors(store_url: str, version: str, catalog, folder: Path) -> Path:
     scan = scan_gallery(store_url, version, catalog.segments, deleted_image_ids=catalog.deleted)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "vectors.npy"
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(scan), scan.dim))
-    for first, block in iter_feature_blocks(scan):
-        out[first : first + len(block)] = block
-    out.flush()
-    del out
+    with open(path, "wb") as f:  # plain writes: a memory map would count the whole file in this process's RSS
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                "shape": (len(scan), scan.dim)})
+        for _, block in iter_feature_blocks(scan):
+            f.write(block.astype(np.float32).tobytes())
     return folder
 
 
