@@ -37,7 +37,7 @@ def fixed_backend():
 def test_torchvision_is_registered_and_unknown_names_list_the_valid_ones():
     assert "torchvision" in backends()
     assert check_backend("torchvision") == "torchvision"
-    with pytest.raises(ValueError, match=r"unknown detector backend 'yolo'; valid: \['mmdet', 'torchvision'"):
+    with pytest.raises(ValueError, match=r"unknown detector backend 'yolo'; valid: \['mmdet', 'simulated', 'torchvision'"):
         check_backend("yolo")
     with pytest.raises(ValidationError, match=r"unknown detector backend 'yolo'.*torchvision"):
         DetectorEntry(name="d", backend="yolo", weights="d.safetensors")
