@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -258,3 +259,15 @@ def test_bench_scale_smallest_size_prints_a_table_and_the_json_line(tmp_path):
     assert summary["incremental_plan"]["changed"] > 0
     assert summary["search_p99_ms"] > 0 and summary["peak_rss_gb"] > 0
     assert any(line.startswith("index build+check+publish") for line in lines)
+
+
+def test_many_lists_use_an_hnsw_coarse_quantizer_and_still_reach_exact_answers(tmp_path, models):
+    version = models.version
+    entries = simulated_manifest(1200)
+    store, ids = _store(tmp_path, models, version, [entries])
+    scan = scan_gallery(store, version, ids)
+    config = _exhaustive(IndexConfig(kind="ivf_sq", recall_sample=80, train_sample=2000, hnsw_quantizer_above=16), 24)
+    built = build_streamed(scan, config, tmp_path)
+    assert built.figures["quantizer"] == "hnsw" and built.figures["recall_at_10"] == 1.0
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(built.index).quantizer)
+    assert isinstance(quantizer, faiss.IndexHNSWFlat)
