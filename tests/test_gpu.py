@@ -109,3 +109,21 @@ def test_detector_trains_on_cuda_with_mixed_precision(tmp_path):
     assert next(detector.model.parameters()).is_cuda
     image = np.zeros((96, 96, 3), np.uint8)
     assert len(detector.detect([image, image])) == 2
+
+
+def test_a_cuda_cluster_gets_the_configured_worker_preloads(monkeypatch):
+    """LocalCUDACluster sets its workers' preload list itself (``dask_cuda.initialize``), which hides dask's
+    ``distributed.worker.preload`` setting: the spec passes the configured preloads explicitly (runs on the CPU;
+    whether they then run in a CUDA worker is what ``make gpu-check``'s worker-loss tests show)."""
+    import dask
+
+    import flows.cluster as cluster
+
+    monkeypatch.delenv("CLOTHRET_DASK_ADDRESS", raising=False)
+    monkeypatch.setattr(cluster, "_use_cuda_cluster", lambda: True)
+    with dask.config.set({"distributed.worker.preload": ["crash_backend"]}):
+        _, cluster_class, kwargs = cluster.cluster_spec()
+    assert cluster_class == "dask_cuda.LocalCUDACluster"
+    assert kwargs["preload"] == ["crash_backend"] and kwargs["resources"] == {"GPU": 1}
+    with dask.config.set({"distributed.worker.preload": []}):
+        assert "preload" not in cluster.cluster_spec()[2]
