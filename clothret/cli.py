@@ -213,10 +213,13 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
 def _refresh_config(args: argparse.Namespace):
     from clothret.refresh import RefreshConfig
 
+    from clothret.rerank.config import PostProcessConfig
+
+    postprocess = {field: getattr(args, flag) for flag, field in _POSTPROCESS_FLAGS if getattr(args, flag) is not None}
     return RefreshConfig(
         manifest_url=args.manifest, bundle_url=args.bundle, store_url=args.store, index_url=args.index,
         segment_size=args.segment_size, retry_failed=getattr(args, "retry_failed", False),
-        eval_split_url=args.eval_split, device=args.device,
+        eval_split_url=args.eval_split, device=args.device, postprocess=PostProcessConfig(**postprocess),
     )
 
 
@@ -229,15 +232,17 @@ def _check_refresh_inputs(args: argparse.Namespace) -> None:
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
+    config = _refresh_config(args)  # settings first: they are checked without touching anything
     _check_refresh_inputs(args)
-    build = _run_flow("catalogue_refresh:catalogue_refresh", _refresh_config(args))
+    build = _run_flow("catalogue_refresh:catalogue_refresh", config)
     sys.stdout.write(json.dumps(build, indent=2) + "\n")
     return 0
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
+    config = _refresh_config(args)  # settings first: they are checked without touching anything
     _check_refresh_inputs(args)
-    build = _run_flow("backfill:backfill", _refresh_config(args))
+    build = _run_flow("backfill:backfill", config)
     sys.stdout.write(json.dumps(build, indent=2) + "\n")
     sys.stdout.write(f"build {build['build_id']} written, not serving: clothret promote --index {args.index} "
                      f"--build {build['build_id']}\n")
@@ -284,8 +289,12 @@ _POSTPROCESS_FLAGS = (("whiten", "whiten"), ("whiten_dim", "whiten_dim"), ("dba"
                       ("lambda_value", "lambda_value"), ("candidates", "candidates"), ("dedupe", "dedupe"))
 
 
-def _add_postprocess_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("post-processing (default: the index build's own settings; these override them)")
+def _add_postprocess_arguments(p: argparse.ArgumentParser, *, for_build: bool = False) -> None:
+    """The post-processing flags: a search's overrides of the build's settings, or (``for_build``) the
+    settings a refresh or backfill stores with its build (gallery side) and gives its searches (query side)."""
+    title = ("post-processing stored with the build (default: none)" if for_build else
+             "post-processing (default: the index build's own settings; these override them)")
+    g = p.add_argument_group(title)
     g.add_argument("--whiten", action="store_true", default=None, help="PCA whitening learned on the gallery")
     g.add_argument("--whiten-dim", type=int, help="whitened dimensions kept (with --whiten)")
     g.add_argument("--dba", type=int, metavar="K", help="database-side augmentation with K neighbours")
@@ -297,7 +306,8 @@ def _add_postprocess_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lambda", dest="lambda_value", type=float, help="weight of the original distance (default 0.3)")
     g.add_argument("--candidates", type=int, help="candidates per query that expansion and re-ranking see (default 100)")
     g.add_argument("--dedupe", choices=("none", "image"), help="image: the best box per gallery image only")
-    g.add_argument("--no-postprocess", action="store_true", help="ignore the build's query-side settings")
+    if not for_build:
+        g.add_argument("--no-postprocess", action="store_true", help="ignore the build's query-side settings")
 
 
 def _postprocess_options(args: argparse.Namespace):
@@ -498,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--eval-split", help="split whose street images gate the build (Acc@10)")
         if name == "refresh":
             p.add_argument("--retry-failed", action="store_true", help="re-run only images that failed before")
+        _add_postprocess_arguments(p, for_build=True)
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("promote", help="serve a written build (default: the newest one not served yet)")
@@ -558,6 +569,18 @@ def main(argv: list[str] | None = None) -> int:
         return _report_error(exc, verbose=args.verbose)
 
 
+def _validation_message(exc: Exception) -> str | None:
+    """A pydantic validation error as ``<model>: <field>: <message>; ...``, without its links."""
+    errors = getattr(exc, "errors", None)
+    if type(exc).__name__ != "ValidationError" or not callable(errors):
+        return None
+    parts = []
+    for error in errors():
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
+    return f"invalid {exc.title} settings: " + "; ".join(parts)
+
+
 def _report_error(exc: Exception, *, verbose: bool) -> int:
     """One line on stderr (after the traceback with ``--verbose``); exit status 2 for bad input and a run
     that failed for a stated reason, 1 for an unexpected error."""
@@ -566,7 +589,7 @@ def _report_error(exc: Exception, *, verbose: bool) -> int:
     )
     if verbose:
         traceback.print_exception(exc, file=sys.stderr)
-    message = " ".join(str(exc).split()) or type(exc).__name__
+    message = _validation_message(exc) or " ".join(str(exc).split()) or type(exc).__name__
     if not expected:
         message = f"unexpected {type(exc).__name__}: {message}" + ("" if verbose else " (--verbose shows the traceback)")
     sys.stderr.write(f"clothret: error: {message}\n")

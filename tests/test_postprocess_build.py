@@ -49,3 +49,19 @@ def test_a_refresh_build_stores_its_post_processing(tiny_workdir, tmp_path):
     served = load_index(config.index_url)
     assert isinstance(served, PostProcessedIndex) and served.options == options
     assert evaluate_split(split, models, served).scores["acc@10"] == built["acc@10"]
+
+
+def test_refresh_and_backfill_take_the_build_post_processing_from_the_command_line(tmp_path, capsys):
+    from clothret.cli import _refresh_config, build_parser, main
+
+    common = ["--manifest", "m.jsonl", "--bundle", "b.yaml", "--store", "s", "--index", "i"]
+    args = build_parser().parse_args(["refresh", *common, "--whiten", "--whiten-dim", "64", "--qe", "2", "--dedupe", "image"])
+    config = _refresh_config(args)
+    assert config.postprocess == PostProcessConfig(whiten=True, whiten_dim=64, qe_k=2, dedupe="image")
+    backfill = _refresh_config(build_parser().parse_args(["backfill", *common, "--rerank", "--k1", "8"]))
+    assert backfill.postprocess == PostProcessConfig(rerank=True, k1=8)
+    assert _refresh_config(build_parser().parse_args(["refresh", *common])).postprocess == PostProcessConfig()
+
+    # a setting that needs another is refused in one line, before anything runs
+    assert main(["refresh", *common, "--whiten-dim", "64"]) == 2
+    assert "whiten_dim is set but whiten is False" in capsys.readouterr().err
