@@ -271,3 +271,57 @@ def test_many_lists_use_an_hnsw_coarse_quantizer_and_still_reach_exact_answers(t
     assert built.figures["quantizer"] == "hnsw" and built.figures["recall_at_10"] == 1.0
     quantizer = faiss.downcast_index(faiss.extract_index_ivf(built.index).quantizer)
     assert isinstance(quantizer, faiss.IndexHNSWFlat)
+
+
+def test_sized_lists_keep_their_entries_and_answer_as_plain_adds():
+    """Lists sized before the adds (no reallocation) hold the same entries as lists grown by plain adds,
+    also when some lists already hold entries (an update of a build read back from its file)."""
+    from clothret.index.reserve import add_assigned, assign, reserve_lists
+
+    rng = np.random.default_rng(3)
+    dim, nlist = 16, 8
+    first, second = (rng.standard_normal((n, dim)).astype(np.float32) for n in (600, 400))
+
+    def trained() -> faiss.Index:
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                              faiss.METRIC_INNER_PRODUCT)
+        index.train(first)
+        return index
+
+    plain, sized = trained(), trained()
+    plain.add(first)
+    plain.add_with_ids(second, np.arange(5000, 5400))
+    lists = assign(sized, first)
+    reserve_lists(sized, np.bincount(lists, minlength=nlist))
+    add_assigned(sized, first, lists)
+    lists = assign(sized, second)
+    reserve_lists(sized, np.bincount(lists, minlength=nlist))  # lists with entries keep them
+    add_assigned(sized, second, lists, np.arange(5000, 5400))  # a temporary: held for the call
+
+    a, b = plain.invlists, sized.invlists
+    for list_no in range(nlist):
+        size = a.list_size(list_no)
+        assert b.list_size(list_no) == size
+        np.testing.assert_array_equal(faiss.rev_swig_ptr(a.get_ids(list_no), size),
+                                      faiss.rev_swig_ptr(b.get_ids(list_no), size))
+        np.testing.assert_array_equal(faiss.rev_swig_ptr(a.get_codes(list_no), size * a.code_size),
+                                      faiss.rev_swig_ptr(b.get_codes(list_no), size * b.code_size))
+    plain.nprobe = sized.nprobe = nlist
+    for x, y in zip(plain.search(second[:20], 5), sized.search(second[:20], 5)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_ground_truth_from_blocks_equals_exact_search_and_bounds_the_rest():
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((900, 12)).astype(np.float32)
+    queries = rng.standard_normal((7, 12)).astype(np.float32)
+    truth = GroundTruth.empty(queries, depth=16)
+    truth.update(vectors[:300], 0)  # rows 0..299 from a first row
+    truth.update(vectors[300:310], 300)  # a block narrower than the depth
+    scattered = np.arange(310, 900)[::-1].copy()  # rows given one by one, in any order
+    truth.update(vectors[scattered], scattered)
+    sims = queries @ vectors.T
+    order = np.argsort(-sims, axis=1, kind="stable")
+    np.testing.assert_array_equal(truth.rows, order[:, :16])
+    np.testing.assert_allclose(truth.sims, np.take_along_axis(sims, order[:, :16], 1), rtol=1e-6)
+    np.testing.assert_allclose(truth.bound, np.take_along_axis(sims, order[:, 16:17], 1)[:, 0], rtol=1e-6)

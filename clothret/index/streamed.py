@@ -32,6 +32,7 @@ from clothret.index.choose import plan_index
 from clothret.index.config import IndexConfig
 from clothret.index.gallery import Gallery
 from clothret.index.scan import GalleryScan, gather_rows, iter_feature_blocks
+from clothret.index.reserve import add_assigned, assign, reserve_lists
 from clothret.index.search import read_index_file
 from clothret.index.truth import GroundTruth
 from clothret.index.validate import MAX_EF_SEARCH, check_recall
@@ -155,13 +156,26 @@ def _figures(index: faiss.Index, kind: str, recall: float, config: IndexConfig, 
     return figures
 
 
-def _add_blocks(index: faiss.Index, block: np.ndarray, ids: np.ndarray | None = None) -> None:
+def _add_blocks(index: faiss.Index, block: np.ndarray, ids: np.ndarray | None = None,
+                lists: np.ndarray | None = None) -> None:
+    """Add ``block`` (with ``ids``, else the next row numbers); ``lists``: each vector's inverted list,
+    already computed (the lists were sized for them with :func:`~clothret.index.reserve.reserve_lists`)."""
     for start in range(0, len(block), ADD_BLOCK):
         part = block[start : start + ADD_BLOCK]
-        if ids is None:
+        part_ids = None if ids is None else np.ascontiguousarray(ids[start : start + ADD_BLOCK], dtype=np.int64)
+        if lists is not None:
+            add_assigned(index, part, lists[start : start + ADD_BLOCK], part_ids)
+        elif part_ids is None:
             index.add(part)
         else:
-            index.add_with_ids(part, ids[start : start + ADD_BLOCK])
+            index.add_with_ids(part, part_ids)
+
+
+def _preassignable(index: faiss.Index) -> bool:
+    """Whether ``index`` is itself an IVF index whose lists can be sized before adding."""
+    return isinstance(index, faiss.IndexIVF) and isinstance(
+        faiss.downcast_InvertedLists(index.invlists), faiss.ArrayInvertedLists
+    )
 
 
 def build_streamed(scan: GalleryScan, config: IndexConfig, folder: Path) -> StreamedBuild:
@@ -187,12 +201,23 @@ def build_streamed(scan: GalleryScan, config: IndexConfig, folder: Path) -> Stre
     seconds["train"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     truth, exact = GroundTruth.empty(queries), 0.0
+    # IVF: a first pass assigns every row to its list (and computes the exact neighbours), the lists are
+    # sized exactly, a second pass adds; other kinds add in the one pass
+    lists = np.empty(n, np.int64) if _preassignable(index) else None
     for first_row, block in iter_feature_blocks(scan):
         block32 = block.astype(np.float32)
-        _add_blocks(index, block32)
+        if lists is not None:
+            lists[first_row : first_row + len(block)] = assign(index, block32)
+        else:
+            _add_blocks(index, block32)
         t = time.perf_counter()
         truth.update(block32, first_row)
         exact += time.perf_counter() - t
+    if lists is not None:
+        reserve_lists(index, np.bincount(lists, minlength=index.nlist))
+        for first_row, block in iter_feature_blocks(scan):
+            _add_blocks(index, block.astype(np.float32), lists=lists[first_row : first_row + len(block)])
+        del lists
     seconds["add"] = time.perf_counter() - t2 - exact  # reading the features included
     seconds["exact_neighbours"] = exact
     build_seconds = seconds["train"] + seconds["add"]
@@ -324,14 +349,24 @@ def update_streamed(previous: PreviousBuild, scan: GalleryScan, config: IndexCon
     truth.remap(new_of_old)
     added_set = np.zeros(len(scan), bool)
     added_set[added] = True
+    new_rows, new_vectors = [], []
     for first_row, block in iter_feature_blocks(_only_segments_with(scan, added_set)):
         rows = np.arange(first_row, first_row + len(block))
         mine = added_set[rows]
         if not mine.any():
             continue
         vectors = block[mine].astype(np.float32)
-        _add_blocks(index, vectors, rows[mine].astype(np.int64))
-        truth._merge(truth.queries @ vectors.T, np.broadcast_to(rows[mine], (len(truth.queries), len(vectors))))
+        truth.update(vectors, rows[mine])
+        new_rows.append(rows[mine].astype(np.int64))
+        new_vectors.append(block[mine])  # float16 until added: the changed rows only
+    if new_rows:
+        rows, vectors = np.concatenate(new_rows), np.concatenate(new_vectors).astype(np.float32)
+        del new_rows, new_vectors
+        lists = assign(index, vectors) if _preassignable(index) else None
+        if lists is not None:  # lists read back at their exact size would each double on the first append
+            reserve_lists(index, np.bincount(lists, minlength=index.nlist))
+        _add_blocks(index, vectors, rows, lists=lists)
+        del vectors
     seconds["add"] = time.perf_counter() - t2
     if index.ntotal != len(scan):
         raise ValueError(f"update left {index.ntotal} vectors for a gallery of {len(scan)} rows")

@@ -43,13 +43,25 @@ class GroundTruth:
     def depth(self) -> int:
         return self.rows.shape[1]
 
-    def update(self, block: np.ndarray, first_row: int) -> None:
-        """Take rows ``first_row .. first_row + len(block) - 1`` (their vectors) into account."""
+    def update(self, block: np.ndarray, rows: int | np.ndarray) -> None:
+        """Take the vectors of ``block`` into account: rows ``rows .. rows + len(block) - 1`` (an int), or
+        the rows given one per vector. A block's own best ``depth`` rows per query are picked first, so
+        the merge handles ``2 * depth`` columns, not the block's width."""
         if len(block) == 0:
             return
         sims = self.queries @ np.asarray(block, dtype=np.float32).T
-        rows = np.arange(first_row, first_row + len(block), dtype=np.int64)
-        self._merge(sims, np.broadcast_to(rows, sims.shape))
+        if isinstance(rows, (int, np.integer)):
+            rows = np.arange(rows, rows + len(block), dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        d = self.depth
+        if sims.shape[1] > d:
+            part = np.argpartition(-sims, d, axis=1)  # [:, :d] the best d, [:, d] the best of the others
+            best_left = np.take_along_axis(sims, part[:, d : d + 1], 1)[:, 0]
+            self.bound = np.maximum(self.bound, best_left.astype(np.float32))
+            keep = part[:, :d]
+            self._merge(np.take_along_axis(sims, keep, 1), rows[keep])
+        else:
+            self._merge(sims, np.broadcast_to(rows, sims.shape))
 
     def _merge(self, sims: np.ndarray, rows: np.ndarray) -> None:
         all_sims = np.concatenate([self.sims, sims], axis=1)
