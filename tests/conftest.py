@@ -32,6 +32,17 @@ TINY_DETECTOR = {"steps": 8, "batch_size": 4, "model": {"fpn_channels": 32}}
 TINY_EMBEDDER = {"steps": 8, "p_identities": 4, "k_instances": 2}
 
 
+@pytest.fixture
+def at_most_two_torch_threads():
+    """torch on at most two threads for the test (CI's machine has two cores), as before afterwards."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(min(2, old))
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_recipe() -> dict:
     """The tiny data and training settings, as keyword arguments of ``run_demo``."""

@@ -20,12 +20,7 @@ TINY = {"backbone": "mobilenet_v3_small", "fpn_channels": 32, "min_size": 64, "m
 SHAPES = [(60, 80), (72, 48), (60, 80), (100, 90), (60, 80), (33, 47)]  # three of one size: resized together
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(min(2, old))
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("at_most_two_torch_threads")
 
 
 def _images(seed: int = 0) -> list[np.ndarray]:

@@ -22,12 +22,7 @@ from clothret.weights import load_card, save_weights
 TINY = {"backbone": "mobilenet_v3_small", "fpn_channels": 32, "min_size": 64, "max_size": 96, "score_thresh": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(min(2, old))
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("at_most_two_torch_threads")
 
 
 def _images(seed: int = 0) -> list[np.ndarray]:

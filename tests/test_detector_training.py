@@ -23,12 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--set", "model.fpn_channels=32", "--set", "model.min_size=64", "--set", "model.max_size=96"]
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(min(2, old))
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("at_most_two_torch_threads")
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,15 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from clothret.detection.types import box_array
+
 logger = logging.getLogger(__name__)
 
 
 def _check_boxes(boxes: np.ndarray, pad: float) -> np.ndarray:
     if not (math.isfinite(pad) and pad >= 0):
         raise ValueError(f"pad must be a finite number >= 0, got {pad}")
-    arr = np.asarray(boxes, dtype=np.float64)
-    if arr.size == 0:
-        return arr.reshape(0, 4)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"boxes must be an (n, 4) array of x1, y1, x2, y2, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError("boxes hold non-finite coordinates")
-    return arr
+    return box_array(boxes)
 
 
 def pixel_edges(boxes: np.ndarray, width: int, height: int, *, pad: float = 0.0) -> np.ndarray:

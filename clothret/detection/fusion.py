@@ -18,7 +18,7 @@ import numpy as np
 from ensemble_boxes import weighted_boxes_fusion
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from clothret.detection.types import Detections
+from clothret.detection.types import Detections, box_array
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +64,7 @@ def _image_size(image_size: tuple[int, int]) -> tuple[float, float]:
 
 
 def _check_boxes(boxes: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(boxes, dtype=np.float64)
-    if arr.size == 0:
-        return arr.reshape(0, 4)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"{name} must be an (n, 4) array of x1, y1, x2, y2 boxes, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} holds non-finite coordinates")
+    arr = box_array(boxes, name)
     bad = np.nonzero((arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1]))[0]
     if len(bad):
         raise ValueError(f"{name}: box {int(bad[0])} has x2 < x1 or y2 < y1: {arr[bad[0]].tolist()}")

@@ -9,6 +9,19 @@ from typing import Protocol
 import numpy as np
 
 
+def box_array(boxes, name: str = "boxes") -> np.ndarray:
+    """``boxes`` as a float64 ``(n, 4)`` array of ``x1, y1, x2, y2`` (``(0, 4)`` when empty); a ValueError
+    naming ``name`` when the shape is wrong or a coordinate is not finite."""
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:
+        return arr.reshape(0, 4)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"{name} must be an (n, 4) array of x1, y1, x2, y2 boxes, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds non-finite coordinates")
+    return arr
+
+
 @dataclass
 class Detections:
     """Boxes found in one image: pixel ``x1, y1, x2, y2`` (n, 4) float32, scores (n,), category ids (n,) 1-13."""
