@@ -11,7 +11,13 @@ measures on the same images:
 - the stage table of the engine's path: read + decode, each detector on device-resident batches, fusion
   on one thread, crops cut on the device, the embedder on those crops;
 - the ceilings: the same networks as torchvision and timm run them, on device-resident float tensors, in
-  float32 and under bf16 autocast (the embedder also channels-last), and the ratios to them.
+  float32 and under bf16 autocast (the embedder also channels-last), and the ratios to them;
+- with norm folding on (the default), the detectors once more with their batch norms unfolded;
+- ``--profile``: torch.profiler over two batches of each detector: wall time, time the device was busy, the
+  costliest operators (full tables in ``DIR/profile_<name>.txt``);
+- ``--variants``: end to end again under other engine settings, one row each, e.g.
+  ``--variants 'cudnn_benchmark=true;concurrent_detectors=true;batch_size=32;compile=max-autotune-no-cudagraphs'``
+  (each variant's line goes to the log as soon as it is measured, so a time limit keeps the ones done).
 
 The last line printed is one JSON object (also written to ``DIR/gpu_throughput.json``); the table and the
 log go to ``DIR/gpu_throughput.txt``. ``--small`` runs tiny models on small images: a CPU smoke run.
@@ -208,6 +214,71 @@ def ceiling_embedder(embedder: Embedder, crops: torch.Tensor, dtype, channels_la
     return len(x) / seconds
 
 
+def profile_detectors(models: LoadedModels, batches: list, dtype, out: Path, n_batches: int = 2) -> dict:
+    """torch.profiler over ``n_batches`` batches of each detector (after the timed runs): each one's wall time,
+    the time its device was busy, and its costliest operators, written to ``out/profile_<name>.txt``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = models.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sort_key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    results = {}
+    for det in models.detectors:
+        chunk = batches[:n_batches]
+        with profile(activities=activities) as prof:
+            _, seconds = timed(models.device, lambda d=det: [d.detect_resident(b, autocast_dtype=dtype) for b in chunk])
+        averages = prof.key_averages()
+        (out / f"profile_{det.name}.txt").write_text(averages.table(sort_by=sort_key, row_limit=40) + "\n")
+        kernels = [e for e in prof.events() if getattr(e, "device_type", None) is not None
+                   and str(e.device_type).endswith("CUDA")]
+        busy_ms = sum(e.device_time for e in kernels) / 1e3 if cuda else float("nan")
+        top = sorted(averages, key=lambda e: getattr(e, "self_device_time_total" if cuda else "self_cpu_time_total", 0),
+                     reverse=True)[:8]
+        results[det.name] = {
+            "images": sum(len(b) for b in chunk),
+            "wall_ms": round(seconds * 1e3, 1),
+            "device_busy_ms": round(busy_ms, 1),
+            "top_ms": {e.key: round(getattr(e, "self_device_time_total" if cuda else "self_cpu_time_total", 0) / 1e3, 2)
+                       for e in top},
+        }
+    return results
+
+
+def parse_variants(text: str, base: EngineConfig) -> list[tuple[str, EngineConfig]]:
+    """``'a=1,b=x;c=true'`` -> named engine settings: the run's own with each variant's overrides (validated)."""
+    variants = []
+    for spec in filter(None, (part.strip() for part in text.split(";"))):
+        overrides = {}
+        for item in filter(None, (kv.strip() for kv in spec.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or key not in EngineConfig.model_fields:
+                raise SystemExit(f"--variants: {item!r} is not setting=value with a setting of "
+                                 f"{sorted(EngineConfig.model_fields)}")
+            overrides[key] = value
+        try:
+            settings = EngineConfig.model_validate({**base.model_dump(), **overrides})
+        except ValueError as exc:
+            raise SystemExit(f"--variants: {spec!r}: {exc}") from None
+        variants.append((spec, settings))
+    return variants
+
+
+def end_to_end(entries: list, warm: list, models: LoadedModels, engine: EngineConfig, device: torch.device) -> dict:
+    """Images/s and peak memory of :func:`run_segment` under ``engine`` (after a warm-up run)."""
+    torch.backends.cudnn.benchmark = engine.cudnn_benchmark
+    for det in models.detectors:
+        det.batch_size = engine.batch_size
+    t0 = time.perf_counter()
+    run_segment(warm, models, engine=engine)
+    warm_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result, seconds = timed(device, run_segment, entries, models, engine=engine)
+    peak_gb = torch.cuda.max_memory_reserved(device) / 1e9 if device.type == "cuda" else 0.0
+    return {"e2e_images_per_s": round(len(entries) / seconds, 2), "peak_gpu_memory_gb": round(peak_gb, 2),
+            "warm_up_s": round(warm_s, 1), "failed": result.n_failed}
+
+
 # --------------------------------------------------------------------------------------------- main
 
 
@@ -229,6 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--skip-old", action="store_true", help="do not run the old path (it is slow)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile two batches of each detector (DIR/profile_<name>.txt, a table row each)")
+    parser.add_argument("--no-fold-norms", action="store_true", help="run the networks with their batch norms")
+    parser.add_argument(
+        "--variants", default="",
+        help="end to end again under other engine settings, ';'-separated, each a ','-separated list of "
+        "setting=value overrides of the run's settings, e.g. 'cudnn_benchmark=true;batch_size=32;"
+        "compile=max-autotune-no-cudagraphs' (a table row and a JSON entry each)",
+    )
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -251,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, batches_in_flight=args.batches_in_flight, autocast=args.autocast,
         compile=args.compile, concurrent_detectors=args.concurrent_detectors, fusion_processes=args.fusion_processes,
         decode_on_device=not args.no_device_decode, channels_last=not args.no_channels_last,
-        cudnn_benchmark=args.cudnn_benchmark,
+        cudnn_benchmark=args.cudnn_benchmark, fold_norms=not args.no_fold_norms,
     )
+    variants = parse_variants(args.variants, engine)
     dtype = engine.autocast_dtype(device)
     fusion_processes = auto_processes(device.type) if engine.fusion_processes is None else engine.fusion_processes
     low = dtype or torch.bfloat16  # the ceilings' reduced precision
@@ -285,6 +366,16 @@ def main(argv: list[str] | None = None) -> int:
         stage[f"detect {det.name}"] = n_images / seconds
         all_s += seconds
     stage["detect, all detectors"] = n_images / all_s
+    if engine.fold_norms:  # the same detectors on their own weights, norms not folded: what folding gains
+        unfolded_s = 0.0
+        for det in models.detectors:
+            det.configure(channels_last=engine.channels_last, compile=engine.compile, fold_norms=False)
+            det.detect_resident(batches[0], autocast_dtype=dtype)
+            _, seconds = timed(device, lambda d=det: [d.detect_resident(b, autocast_dtype=dtype) for b in batches])
+            unfolded_s += seconds
+            det.configure(channels_last=engine.channels_last, compile=engine.compile, fold_norms=True)
+        stage["detect, all detectors, norms not folded"] = n_images / unfolded_s
+    profiles = profile_detectors(models, batches, dtype, out) if args.profile else {}
     sizes_wh = [[(int(i.shape[2]), int(i.shape[1])) for i in b] for b in batches]
     fused, fuse_s = timed(device, lambda: [
         fuse_images(models, [dets[k] for dets in per_detector], sizes_wh[k]) for k in range(len(batches))
@@ -324,6 +415,13 @@ def main(argv: list[str] | None = None) -> int:
         old_e2e = n_old / old_s
         set_layout(models, engine.channels_last)
 
+    # ---- end to end under other settings (same images and models)
+    variant_results: dict[str, dict] = {}
+    for name, settings in variants:
+        variant_results[name] = end_to_end(entries, warm, models, settings, device)
+        logger.info("variant %s: %s", name, json.dumps(variant_results[name]))
+    torch.backends.cudnn.benchmark = engine.cudnn_benchmark
+
     lines = [
         f"device {device_name}; {n_images} JPEGs {sizes['image_size'][0]}x{sizes['image_size'][1]}, batch "
         f"{args.batch_size}, autocast {dtype}, channels_last {engine.channels_last}, compile {engine.compile}, "
@@ -347,6 +445,14 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; engine / old path {e2e / old_e2e:.2f}" if old_e2e else ""),
         f"peak GPU memory (reserved, end to end): {peak_gb:.2f} GB",
     ]
+    if profiles:
+        lines += ["", f"{'profile, two batches (profile_<name>.txt)':<44}{'wall ms':>10}{'busy ms':>10}  costliest"]
+        lines += [f"{'  ' + name:<44}{r['wall_ms']:>10.1f}{r['device_busy_ms']:>10.1f}  "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in list(r["top_ms"].items())[:3]) for name, r in profiles.items()]
+    if variant_results:
+        lines += ["", f"{'end to end under other settings':<64}{'images/s':>10}{'x run':>8}{'peak GB':>9}"]
+        lines += [f"{'  ' + name:<64}{r['e2e_images_per_s']:>10.1f}{r['e2e_images_per_s'] / e2e:>8.2f}"
+                  f"{r['peak_gpu_memory_gb']:>9.2f}" for name, r in variant_results.items()]
     table = "\n".join(lines)
     print(table)
     with open(log_path, "a") as f:
@@ -370,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         "boxes": int(len(result.boxes)),
         "failed": result.n_failed,
         "engine": engine.model_dump(mode="json"),
+        "variants": variant_results,
+        "profiles": profiles,
         "small": args.small,
     }
     (out / "gpu_throughput.json").write_text(json.dumps(summary, indent=1))

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_throughput_small_prints_the_table_and_the_json_line(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu_throughput.py"), "--small", "--images", "24", "--threads", "1",
-         "--device", "cpu", "--out", str(tmp_path)],
+         "--device", "cpu", "--out", str(tmp_path), "--profile", "--variants", "fold_norms=false;batch_size=8"],
         cwd=ROOT, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -30,3 +30,19 @@ def test_gpu_throughput_small_prints_the_table_and_the_json_line(tmp_path):
     assert any(line.strip().startswith("all detectors") for line in lines)
     assert json.loads((tmp_path / "gpu_throughput.json").read_text()) == summary
     assert "engine (run_segment)" in (tmp_path / "gpu_throughput.txt").read_text()
+    assert summary["stages_per_s"]["detect, all detectors, norms not folded"] > 0
+    assert set(summary["variants"]) == {"fold_norms=false", "batch_size=8"}
+    assert all(v["e2e_images_per_s"] > 0 and v["failed"] == 0 for v in summary["variants"].values())
+    assert set(summary["profiles"]) == {"fcos", "retinanet", "faster_rcnn"}
+    for name, profile in summary["profiles"].items():
+        assert profile["images"] > 0 and profile["wall_ms"] > 0 and profile["top_ms"], name
+        assert "Self CPU" in (tmp_path / f"profile_{name}.txt").read_text()
+
+
+def test_gpu_throughput_refuses_an_unknown_variant_setting(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_throughput.py"), "--small", "--device", "cpu", "--out",
+         str(tmp_path), "--variants", "batch_sise=8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode != 0 and "batch_sise=8" in done.stderr and "batch_size" in done.stderr

@@ -100,8 +100,9 @@ def test_float32_on_the_gpu_gives_the_cpus_outputs(cpu_models, gpu_models, entri
 
 @pytest.mark.parametrize(
     "settings",
-    [{}, {"concurrent_detectors": True}, {"fusion_processes": 2}, {"autocast": "fp16"}, {"batches_in_flight": 1}],
-    ids=["default", "streams", "fusion-processes", "fp16", "one-in-flight"],
+    [{}, {"concurrent_detectors": True}, {"fusion_processes": 2}, {"autocast": "fp16"}, {"batches_in_flight": 1},
+     {"fold_norms": False}],
+    ids=["default", "streams", "fusion-processes", "fp16", "one-in-flight", "norms-not-folded"],
 )
 def test_default_gpu_engine_is_close_to_the_cpu(cpu_models, gpu_models, entries, settings):
     """bf16/fp16, nvJPEG and channels-last move scores a little: most boxes and their features stay."""
@@ -126,3 +127,20 @@ def test_peak_memory_and_compile_run(gpu_models, entries):
     compiled = run_segment(entries, gpu_models, engine=EngineConfig(autocast="fp32", compile="default"))
     assert compiled.status == eager.status
     assert np.median(_matched_cosines(compiled, eager)) >= 0.999
+
+
+def test_group_norm_stays_in_bf16_under_cuda_autocast():
+    """On CUDA, autocast runs GroupNorm in float32; the inference copies' GroupNorm keeps bf16, same values."""
+    from clothret.inference_copy import AutocastGroupNorm
+
+    torch.manual_seed(0)
+    plain = torch.nn.GroupNorm(8, 64).cuda()
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5)
+        plain.bias.uniform_(-0.5, 0.5)
+    kept = AutocastGroupNorm.of(plain)
+    x = (torch.randn(4, 64, 32, 32, device="cuda") * 3 + 1).bfloat16()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        want, got = plain(x), kept(x)
+    assert want.dtype == torch.float32 and got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0.02, atol=0.03)

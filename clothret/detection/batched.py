@@ -19,6 +19,7 @@ In float32 its boxes, scores and labels are torchvision's own up to float roundi
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import nms
+
+from clothret.inference_copy import fold_batch_norms, group_norms_in_autocast_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -378,14 +381,51 @@ class DenseParts:
     box_head: Callable | None = None  # Faster R-CNN
 
     @classmethod
-    def of(cls, model: nn.Module, wrap: Callable[[nn.Module], Callable] = lambda m: m) -> DenseParts:
+    def of(
+        cls,
+        model: nn.Module,
+        wrap: Callable[[nn.Module], Callable] = lambda m: m,
+        *,
+        fold_norms: bool = False,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> DenseParts:
+        """The parts of ``model``, each passed through ``wrap`` (e.g. ``torch.compile``).
+
+        ``fold_norms`` runs inference copies instead (:mod:`clothret.inference_copy`): the trunk's batch
+        norms folded into its convolutions, GroupNorms kept in the autocast dtype, in ``memory_format``.
+        The model itself is not changed.
+        """
+        if not isinstance(model, (FasterRCNN, FCOS, RetinaNet)):
+            raise ValueError(
+                f"batched inference supports FCOS, RetinaNet and FasterRCNN models, got {type(model).__name__}"
+            )
+
+        def part(module: nn.Module, *, trunk: bool = False) -> Callable:
+            if fold_norms:
+                module = _inference_backbone(module) if trunk else _inference_head(module)
+                module.to(memory_format=memory_format)
+            return wrap(module)
+
         if isinstance(model, FasterRCNN):
-            return cls(wrap(model.backbone), rpn_head=wrap(model.rpn.head), box_head=wrap(model.roi_heads.box_head))
-        if isinstance(model, (FCOS, RetinaNet)):
-            return cls(wrap(model.backbone), head=wrap(model.head))
-        raise ValueError(
-            f"batched inference supports FCOS, RetinaNet and FasterRCNN models, got {type(model).__name__}"
-        )
+            return cls(part(model.backbone, trunk=True), rpn_head=part(model.rpn.head),
+                       box_head=part(model.roi_heads.box_head))
+        return cls(part(model.backbone, trunk=True), head=part(model.head))
+
+
+def _inference_backbone(backbone: nn.Module) -> nn.Module:
+    """A copy of a backbone with an FPN: the trunk (``body``) folded; the FPN's forward is not traceable."""
+    new = copy.deepcopy(backbone).eval()
+    if hasattr(new, "body"):
+        new.body, folded = fold_batch_norms(new.body)
+        logger.debug("%d batch norms folded into the trunk's convolutions", folded)
+    group_norms_in_autocast_dtype(new)
+    return new
+
+
+def _inference_head(head: nn.Module) -> nn.Module:
+    new, _ = fold_batch_norms(head)
+    group_norms_in_autocast_dtype(new)
+    return new
 
 
 def detect_resident(

@@ -35,6 +35,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from clothret.datasets.records import NUM_CATEGORIES
 from clothret.detection import batched
 from clothret.detection.batched import AnchorCache, DenseParts
+from clothret.inference_copy import weights_version
 from clothret.detection.types import Detections
 from clothret.weights import load_weights, save_weights
 
@@ -443,22 +444,26 @@ class TorchvisionDetector:
         self.model = model.to(self.device).eval()
         self._anchors = AnchorCache()
         self._parts: DenseParts | None = None
-        self._layout: tuple[bool, str] = (False, "off")
+        self._layout: tuple[bool, str, bool] = (False, "off", True)
+        self._parts_version: int | None = None
 
-    def configure(self, *, channels_last: bool = False, compile: str = "off") -> None:
-        """How :meth:`detect_resident` runs the network: weights in ``channels_last`` memory format, and the
+    def configure(self, *, channels_last: bool = False, compile: str = "off", fold_norms: bool = True) -> None:
+        """How :meth:`detect_resident` runs the network: weights in ``channels_last`` memory format, the
         backbone and heads through ``torch.compile`` (``compile`` is a mode such as ``"default"`` or
-        ``"reduce-overhead"``, or ``"off"``). Calling it again with the same settings does nothing."""
-        if (channels_last, compile) == self._layout and self._parts is not None:
+        ``"reduce-overhead"``, or ``"off"``), and with ``fold_norms`` on an inference copy whose batch norms
+        are folded into the convolutions (:mod:`clothret.inference_copy`). Calling it again with the same
+        settings does nothing unless the model's weights changed since."""
+        settings = (channels_last, compile, fold_norms)
+        if settings == self._layout and self._parts is not None and self._parts_version == weights_version(self.model):
             return
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=fmt)
-        if compile == "off":
-            self._parts = DenseParts.of(self.model)
-        else:
-            self._parts = DenseParts.of(self.model, lambda m: torch.compile(m, mode=compile, dynamic=False))
+        wrap = (lambda m: m) if compile == "off" else (lambda m: torch.compile(m, mode=compile, dynamic=False))
+        self._parts = DenseParts.of(self.model, wrap, fold_norms=fold_norms, memory_format=fmt)
+        if compile != "off":
             logger.info("detector %s: backbone and heads compiled (mode %s)", self.name, compile)
-        self._layout = (channels_last, compile)
+        self._layout = settings
+        self._parts_version = weights_version(self.model)
 
     @classmethod
     def from_weights(cls, weights_url: str, *, name: str | None = None, device: str = "cpu") -> TorchvisionDetector:
@@ -502,10 +507,9 @@ class TorchvisionDetector:
         (:mod:`clothret.detection.batched`); ``autocast_dtype`` runs the network under autocast."""
         if not images:
             return []
-        if self._parts is None:
-            self.configure()
         self.model.eval()
-        channels_last = self._layout[0]
+        channels_last, compile, fold_norms = self._layout
+        self.configure(channels_last=channels_last, compile=compile, fold_norms=fold_norms)
         out: list[Detections] = []
         for start in range(0, len(images), self.batch_size):
             found = batched.detect_resident(

@@ -41,6 +41,10 @@ class EngineConfig(BaseModel):
     autocast: Autocast = Field("auto", description="precision of the networks: auto, bf16, fp16 or fp32")
     channels_last: bool = Field(True, description="run the convolutions in channels-last memory format")
     compile: CompileMode = Field("off", description="torch.compile mode for the networks, or off")
+    fold_norms: bool = Field(
+        True, description="run inference copies of the networks with batch norms folded into their convolutions "
+        "and GroupNorm kept in the autocast dtype: the same outputs within float rounding, fewer passes over memory",
+    )
     fusion_processes: int | None = Field(
         None, ge=0, le=64,
         description="processes fusing boxes (0: one thread; unset: up to 4 per GPU with CUDA, 0 on the CPU); a "

@@ -15,6 +15,8 @@
 #   OUT_DIR/dmesg.txt        the kernel's last lines (the OOM killer, GPU Xid errors)
 #
 # Under 5 minutes on one H100/H200: each step has its own time limit. Exit status: the tests' one.
+# GPU_THROUGHPUT_VARIANTS='cudnn_benchmark=true;batch_size=32' adds end-to-end rows under other engine
+# settings to the throughput run (raise GPU_THROUGHPUT_LIMIT to match: ~15 s a variant, minutes with compile).
 set -u
 out="${1:?usage: PYTHON=python3 infra/gpu/check.sh OUT_DIR}"
 py="${PYTHON:-python3}"
@@ -62,7 +64,7 @@ tests_rc=$?
 work="$(mktemp -d)"
 if "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   step gpu-throughput "${GPU_THROUGHPUT_LIMIT:-150}" "$out/throughput.log" "$py" bench/gpu_throughput.py \
-    --images "${GPU_THROUGHPUT_IMAGES:-96}" --out "$work"
+    --images "${GPU_THROUGHPUT_IMAGES:-96}" --out "$work" ${GPU_THROUGHPUT_VARIANTS:+--variants "$GPU_THROUGHPUT_VARIANTS"}
   cp "$work/gpu_throughput.txt" "$out/gpu_throughput.txt" 2>/dev/null
 else
   step throughput 75 "$out/throughput.log" "$py" bench/throughput.py --images 300 --segment-size 100 --steps 10 \

@@ -1,0 +1,190 @@
+"""Inference copies (clothret.inference_copy): batch norms folded into convolutions and GroupNorm kept in the
+autocast dtype compute what the original networks compute, leave the originals alone, and follow weight
+changes; on the detectors and embedders the engine runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from clothret.detection.torchvision_backend import (
+    ARCHITECTURES,
+    TorchvisionDetector,
+    TorchvisionDetectorConfig,
+    build_detector_model,
+)
+from clothret.embedding.config import EmbedderConfig
+from clothret.embedding.model import Embedder, EmbeddingNet
+from clothret.inference_copy import (
+    AutocastGroupNorm,
+    fold_batch_norms,
+    fold_forward_features,
+    group_norms_in_autocast_dtype,
+)
+
+pytestmark = pytest.mark.usefixtures("at_most_two_torch_threads")
+
+TINY = {"backbone": "mobilenet_v3_small", "fpn_channels": 32, "min_size": 64, "max_size": 96}
+SMALL_EMBEDDER = {"backbone": "resnet10t", "backbone_kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8},
+                  "descriptors": "GM", "dim": 32, "input_size": 48}
+
+
+def _trained_looking(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every batch/group norm statistics and affine weights far from the identity that init leaves."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) * 2 + 0.25)
+    return module.eval()
+
+
+def _count(module: nn.Module, kind: type) -> int:
+    return sum(isinstance(m, kind) for m in module.modules())
+
+
+def test_folding_a_resnet_trunk_removes_every_norm_and_keeps_its_outputs():
+    torch.manual_seed(0)
+    net = _trained_looking(torchvision.models.resnet18(weights=None))
+    x = torch.randn(2, 3, 64, 80)
+    with torch.inference_mode():
+        want = net(x)
+    folded, count = fold_batch_norms(net)
+    assert count == _count(net, nn.BatchNorm2d) == 20
+    assert _count(folded, nn.BatchNorm2d) == 0
+    with torch.inference_mode():
+        got = folded(x)
+        again = net(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(again, want, rtol=0, atol=0)  # the original is untouched
+    assert _count(net, nn.BatchNorm2d) == 20
+
+
+class _SharedConv(nn.Module):
+    """A convolution whose output feeds a norm and a skip: the norm cannot fold into it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 1)
+        self.norm2 = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.norm2(self.conv2(self.norm(y) + y))
+
+
+def test_a_norm_is_folded_only_into_a_convolution_used_nowhere_else():
+    torch.manual_seed(0)
+    net = _trained_looking(_SharedConv())
+    x = torch.randn(2, 3, 8, 8)
+    folded, count = fold_batch_norms(net)
+    assert count == 1  # norm2 after conv2; not norm, whose conv output is also the skip
+    torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.norm = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            return self.norm(self.conv(x))
+        return x
+
+
+def test_an_untraceable_module_is_copied_unfolded():
+    net = _trained_looking(_Untraceable())
+    copy, count = fold_batch_norms(net)
+    assert count == 0 and copy is not net and isinstance(copy.norm, nn.BatchNorm2d)
+    x = torch.rand(1, 3, 4, 4)
+    torch.testing.assert_close(copy(x), net(x))
+
+
+def test_group_norm_keeps_the_autocast_dtype_and_its_values():
+    torch.manual_seed(0)
+    norm = _trained_looking(nn.GroupNorm(4, 16))
+    x = torch.randn(2, 16, 12, 12) * 3 + 1
+    want = nn.functional.group_norm(x, 4, norm.weight, norm.bias, norm.eps)
+    net = nn.Sequential(norm)
+    assert group_norms_in_autocast_dtype(net) == 1 and isinstance(net[0], AutocastGroupNorm)
+    torch.testing.assert_close(net[0](x), want)  # outside autocast: GroupNorm itself
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
+            got = net[0](x.to(dtype))
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), want, rtol=0.02, atol=0.03)  # bf16/fp16 rounding only
+    assert torch.equal(net[0].weight, norm.weight) and net[0].weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_a_detector_with_folded_norms_finds_the_same_boxes(architecture):
+    torch.manual_seed(0)
+    head_norm = {"head_norm": "group"} if architecture != "faster_rcnn" else {}
+    config = TorchvisionDetectorConfig(architecture=architecture, **TINY, **head_norm, score_thresh=0.0,
+                                       detections_per_img=30)
+    detector = TorchvisionDetector(_trained_looking(build_detector_model(config)), config)
+    rng = np.random.default_rng(0)
+    images = [torch.from_numpy(rng.integers(0, 256, size=(3, h, w), dtype=np.uint8)) for h, w in
+              ((60, 80), (60, 80), (72, 48))]
+    detector.configure(fold_norms=False)
+    plain = detector.detect_resident(images)
+    detector.configure(fold_norms=True)
+    assert _count(detector._parts.backbone, nn.BatchNorm2d) == 0 < _count(detector.model.backbone, nn.BatchNorm2d)
+    folded = detector.detect_resident(images)
+    for p, f in zip(plain, folded):
+        np.testing.assert_allclose(f.scores[:10], p.scores[:10], atol=1e-4)
+        np.testing.assert_allclose(f.boxes[:10], p.boxes[:10], atol=1e-2)
+        np.testing.assert_array_equal(f.labels[:10], p.labels[:10])
+
+
+def test_an_embedder_with_folded_norms_gives_the_same_embeddings():
+    torch.manual_seed(0)
+    net = _trained_looking(EmbeddingNet(EmbedderConfig(**SMALL_EMBEDDER), pretrained=False))
+    embedder = Embedder(net, batch_size=8)
+    pixels = torch.randint(0, 256, (20, 3, 48, 48)).float()
+    embedder.configure(fold_norms=False)
+    plain = embedder.embed_pixels(pixels)
+    embedder.configure(fold_norms=True)
+    folded = embedder.embed_pixels(pixels)
+    assert _count(embedder._forward, nn.BatchNorm2d) == 0 < _count(embedder.net, nn.BatchNorm2d)
+    torch.testing.assert_close(folded, plain, rtol=1e-4, atol=1e-5)
+    features, count = fold_forward_features(net.backbone)
+    assert count == _count(net.backbone, nn.BatchNorm2d) and features.num_features == net.backbone.num_features
+
+
+def test_inference_copies_follow_new_weights():
+    """Weights loaded after the copy was made (a new checkpoint into the same object) are the ones used."""
+    torch.manual_seed(0)
+    net = _trained_looking(EmbeddingNet(EmbedderConfig(**SMALL_EMBEDDER), pretrained=False), seed=1)
+    other = _trained_looking(EmbeddingNet(EmbedderConfig(**SMALL_EMBEDDER), pretrained=False), seed=2)
+    embedder = Embedder(net, batch_size=8)
+    pixels = torch.randint(0, 256, (4, 3, 48, 48)).float()
+    before = embedder.embed_pixels(pixels)
+    net.load_state_dict(other.state_dict())
+    after = embedder.embed_pixels(pixels)
+    torch.testing.assert_close(after, Embedder(other, batch_size=8).embed_pixels(pixels), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(after, before, atol=1e-3)
+
+    config = TorchvisionDetectorConfig(architecture="retinanet", **TINY, score_thresh=0.0, detections_per_img=10)
+    torch.manual_seed(3)
+    detector = TorchvisionDetector(_trained_looking(build_detector_model(config), seed=3), config)
+    torch.manual_seed(4)
+    replacement = _trained_looking(build_detector_model(config), seed=4)
+    images = [torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8)]
+    first = detector.detect_resident(images)[0]
+    detector.model.load_state_dict(replacement.state_dict())
+    second = detector.detect_resident(images)[0]
+    want = TorchvisionDetector(replacement, config).detect_resident(images)[0]
+    np.testing.assert_allclose(second.scores, want.scores, atol=1e-5)
+    assert not np.allclose(second.scores[:5], first.scores[:5], atol=1e-3)
