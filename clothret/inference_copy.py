@@ -6,9 +6,10 @@ A network in eval mode does work at inference that its weights could have done o
   convolution's weights and bias (:func:`fold_batch_norms`): one pass over the activation fewer per
   norm layer (53 in a ResNet-50), the same outputs up to float rounding;
 - under autocast on CUDA, PyTorch runs ``GroupNorm`` in float32 and so writes float32 activations that
-  the next convolution casts back; :class:`AutocastGroupNorm` normalises in the input's precision
-  instead (the kernel still accumulates its statistics in float32), which only moves the rounding to
-  bf16/fp16 that the next convolution applied anyway (autocast on the CPU already does this).
+  the next convolution casts back, and its CUDA kernel transposes a channels-last input to NCHW (and the
+  next convolution transposes it back); :class:`InferenceGroupNorm` normalises in the input's precision
+  and layout instead (statistics still accumulated in float32), which only moves the rounding to
+  bf16/fp16 that the next convolution applied anyway.
 
 :func:`inference_copy` does both on a deep copy; the original model is left as it was (training,
 checkpoints and torchvision's own forward keep using it). Folding follows the traced data flow
@@ -31,11 +32,44 @@ logger = logging.getLogger(__name__)
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-class AutocastGroupNorm(nn.GroupNorm):
-    """``GroupNorm`` that keeps a bf16/fp16 input in its precision under autocast (float32 statistics)."""
+def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                             eps: float) -> torch.Tensor:
+    """``F.group_norm`` of a channels-last (N, C, H, W) tensor without leaving its layout or dtype.
+
+    Two passes over ``x`` (statistics, then one fused multiply-add), against PyTorch's CUDA kernel's
+    transpose to NCHW and back; the statistics accumulate in float32 (``var_mean``'s accumulator), the
+    per-channel scale and shift are computed in float32 and applied in ``x``'s dtype.
+    """
+    n, c, h, w = x.shape
+    grouped = x.permute(0, 2, 3, 1).reshape(n, h * w, groups, c // groups)  # a view of a channels-last x
+    var, mean = torch.var_mean(grouped, dim=(1, 3), correction=0, keepdim=True)  # (n, 1, groups, 1)
+    scale = (var.float() + eps).rsqrt()
+    shift = -mean.float() * scale
+    if weight is not None:
+        scale = scale * weight.float().view(1, 1, groups, c // groups)
+        shift = shift * weight.float().view(1, 1, groups, c // groups)
+    if bias is not None:
+        shift = shift + bias.float().view(1, 1, groups, c // groups)
+    scale = scale.expand(n, 1, groups, c // groups).to(x.dtype)
+    shift = shift.expand(n, 1, groups, c // groups).to(x.dtype)
+    out = torch.addcmul(shift, grouped, scale)  # (n, h*w, groups, c/groups), channels innermost
+    return out.reshape(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+class InferenceGroupNorm(nn.GroupNorm):
+    """``GroupNorm`` that keeps a bf16/fp16 input in its precision under autocast (float32 statistics) and,
+    on CUDA, a channels-last input in its layout (:func:`group_norm_channels_last`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype not in _LOW_PRECISION or not torch.is_autocast_enabled(x.device.type):
+        low = x.dtype in _LOW_PRECISION and torch.is_autocast_enabled(x.device.type)
+        if x.is_cuda and _channels_last(x) and (low or x.dtype == torch.float32):
+            with torch.autocast(x.device.type, enabled=False):
+                return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps)
+        if not low:
             return super().forward(x)
         weight = None if self.weight is None else self.weight.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -43,19 +77,19 @@ class AutocastGroupNorm(nn.GroupNorm):
             return F.group_norm(x, self.num_groups, weight, bias, self.eps)
 
     @classmethod
-    def of(cls, norm: nn.GroupNorm) -> AutocastGroupNorm:
+    def of(cls, norm: nn.GroupNorm) -> InferenceGroupNorm:
         new = cls(norm.num_groups, norm.num_channels, eps=norm.eps, affine=norm.affine)
         new.load_state_dict(norm.state_dict())
         return new.to(next(norm.parameters(), torch.empty(0)).device).train(norm.training)
 
 
-def group_norms_in_autocast_dtype(module: nn.Module) -> int:
-    """Replace, in place, every ``nn.GroupNorm`` of ``module`` by an :class:`AutocastGroupNorm`; the count."""
+def inference_group_norms(module: nn.Module) -> int:
+    """Replace, in place, every ``nn.GroupNorm`` of ``module`` by an :class:`InferenceGroupNorm`; the count."""
     count = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.GroupNorm:
-                setattr(parent, name, AutocastGroupNorm.of(child))
+                setattr(parent, name, InferenceGroupNorm.of(child))
                 count += 1
     return count
 
@@ -158,10 +192,11 @@ def weights_version(module: nn.Module) -> int:
 
 
 __all__ = [
-    "AutocastGroupNorm",
     "FoldedFeatures",
+    "InferenceGroupNorm",
     "fold_batch_norms",
     "fold_forward_features",
-    "group_norms_in_autocast_dtype",
+    "group_norm_channels_last",
+    "inference_group_norms",
     "weights_version",
 ]

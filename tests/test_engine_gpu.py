@@ -129,18 +129,23 @@ def test_peak_memory_and_compile_run(gpu_models, entries):
     assert np.median(_matched_cosines(compiled, eager)) >= 0.999
 
 
-def test_group_norm_stays_in_bf16_under_cuda_autocast():
-    """On CUDA, autocast runs GroupNorm in float32; the inference copies' GroupNorm keeps bf16, same values."""
-    from clothret.inference_copy import AutocastGroupNorm
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_group_norm_stays_in_bf16_and_its_layout_under_cuda_autocast(channels_last):
+    """On CUDA, autocast runs GroupNorm in float32 (and its kernel makes a channels-last input NCHW); the
+    inference copies' GroupNorm keeps bf16 and the layout, with the same values."""
+    from clothret.inference_copy import InferenceGroupNorm
 
     torch.manual_seed(0)
     plain = torch.nn.GroupNorm(8, 64).cuda()
     with torch.no_grad():
         plain.weight.uniform_(0.5, 1.5)
         plain.bias.uniform_(-0.5, 0.5)
-    kept = AutocastGroupNorm.of(plain)
+    kept = InferenceGroupNorm.of(plain)
     x = (torch.randn(4, 64, 32, 32, device="cuda") * 3 + 1).bfloat16()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         want, got = plain(x), kept(x)
     assert want.dtype == torch.float32 and got.dtype == torch.bfloat16
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
     torch.testing.assert_close(got.float(), want, rtol=0.02, atol=0.03)

@@ -19,10 +19,11 @@ from clothret.detection.torchvision_backend import (
 from clothret.embedding.config import EmbedderConfig
 from clothret.embedding.model import Embedder, EmbeddingNet
 from clothret.inference_copy import (
-    AutocastGroupNorm,
+    InferenceGroupNorm,
     fold_batch_norms,
     fold_forward_features,
-    group_norms_in_autocast_dtype,
+    group_norm_channels_last,
+    inference_group_norms,
 )
 
 pytestmark = pytest.mark.usefixtures("at_most_two_torch_threads")
@@ -117,7 +118,7 @@ def test_group_norm_keeps_the_autocast_dtype_and_its_values():
     x = torch.randn(2, 16, 12, 12) * 3 + 1
     want = nn.functional.group_norm(x, 4, norm.weight, norm.bias, norm.eps)
     net = nn.Sequential(norm)
-    assert group_norms_in_autocast_dtype(net) == 1 and isinstance(net[0], AutocastGroupNorm)
+    assert inference_group_norms(net) == 1 and isinstance(net[0], InferenceGroupNorm)
     torch.testing.assert_close(net[0](x), want)  # outside autocast: GroupNorm itself
     for dtype in (torch.bfloat16, torch.float16):
         with torch.autocast("cpu", dtype=dtype):
@@ -125,6 +126,22 @@ def test_group_norm_keeps_the_autocast_dtype_and_its_values():
         assert got.dtype == dtype
         torch.testing.assert_close(got.float(), want, rtol=0.02, atol=0.03)  # bf16/fp16 rounding only
     assert torch.equal(net[0].weight, norm.weight) and net[0].weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_channels_last_group_norm_is_group_norm(dtype):
+    """The layout-keeping GroupNorm (what the inference copies use on CUDA) against F.group_norm, on the CPU."""
+    torch.manual_seed(0)
+    x = (torch.randn(3, 32, 9, 7) * 2 + 0.5).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.rand(32) + 0.5, torch.rand(32) - 0.5
+    want = nn.functional.group_norm(x, 8, weight, bias, 1e-5)
+    got = group_norm_channels_last(x.to(dtype), 8, weight, bias, 1e-5)
+    assert got.dtype == dtype and got.shape == x.shape
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 0.03, torch.float16: 0.005}[dtype]
+    torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+    plain = group_norm_channels_last(x, 4, None, None, 1e-5)  # no affine part
+    torch.testing.assert_close(plain, nn.functional.group_norm(x, 4, eps=1e-5), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))

@@ -31,7 +31,7 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import nms
 
-from clothret.inference_copy import fold_batch_norms, group_norms_in_autocast_dtype
+from clothret.inference_copy import fold_batch_norms, inference_group_norms
 
 logger = logging.getLogger(__name__)
 
@@ -418,13 +418,13 @@ def _inference_backbone(backbone: nn.Module) -> nn.Module:
     if hasattr(new, "body"):
         new.body, folded = fold_batch_norms(new.body)
         logger.debug("%d batch norms folded into the trunk's convolutions", folded)
-    group_norms_in_autocast_dtype(new)
+    inference_group_norms(new)
     return new
 
 
 def _inference_head(head: nn.Module) -> nn.Module:
     new, _ = fold_batch_norms(head)
-    group_norms_in_autocast_dtype(new)
+    inference_group_norms(new)
     return new
 
 

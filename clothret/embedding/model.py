@@ -22,7 +22,7 @@ from torch import nn
 
 from clothret.embedding.config import EmbedderConfig
 from clothret.embedding.pooling import create_descriptor
-from clothret.inference_copy import fold_forward_features, group_norms_in_autocast_dtype, weights_version
+from clothret.inference_copy import fold_forward_features, inference_group_norms, weights_version
 from clothret.weights import load_weights, save_weights
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class Embedder:
         forward: nn.Module = self.net
         if fold_norms:
             backbone, folded = fold_forward_features(self.net.backbone)
-            group_norms_in_autocast_dtype(backbone)
+            inference_group_norms(backbone)
             forward = copy.deepcopy(self.net, {id(self.net.backbone): backbone})  # the copy gets the folded one
             forward.to(memory_format=fmt)
             logger.debug("embedder %s: %d batch norms folded", self.name, folded)
