@@ -15,6 +15,8 @@ measures on the same images:
 - with norm folding on (the default), the detectors once more with their batch norms unfolded;
 - ``--profile``: torch.profiler over two batches of each detector: wall time, time the device was busy, the
   costliest operators (full tables in ``DIR/profile_<name>.txt``);
+- ``--mixed-orientation``: every other image portrait, as in a real catalogue (try it with
+  ``--variants group_by_shape=false`` to see what batching by shape saves);
 - ``--variants``: end to end again under other engine settings, one row each, e.g.
   ``--variants 'cudnn_benchmark=true;concurrent_detectors=true;batch_size=32;compile=max-autotune-no-cudagraphs'``
   (each variant's line goes to the log as soon as it is measured, so a time limit keeps the ones done).
@@ -109,13 +111,15 @@ def build_models(sizes: dict, device: torch.device, batch_size: int, seed: int =
     return LoadedModels("bench", detectors, [1.0] * len(detectors), FUSION, [embedder])
 
 
-def write_jpegs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[ManifestEntry]:
-    """``n`` baseline JPEGs of ``size`` (width, height): smooth colour fields with a few rectangles."""
+def write_jpegs(folder: Path, n: int, size: tuple[int, int], seed: int = 0, *, mixed: bool = False
+                ) -> list[ManifestEntry]:
+    """``n`` baseline JPEGs of ``size`` (width, height): smooth colour fields with a few rectangles; with
+    ``mixed`` every other one is turned on its side (height x width)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    width, height = size
     entries = []
     for i in range(n):
+        width, height = size[::-1] if mixed and i % 2 else size
         coarse = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
         img = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
         pixels = np.asarray(img).copy()
@@ -300,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--skip-old", action="store_true", help="do not run the old path (it is slow)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--mixed-orientation", action="store_true",
+                        help="every other image portrait (the stage rows then batch in arrival order)")
     parser.add_argument("--profile", action="store_true",
                         help="profile two batches of each detector (DIR/profile_<name>.txt, a table row each)")
     parser.add_argument("--no-fold-norms", action="store_true", help="run the networks with their batch norms")
@@ -338,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     fusion_processes = auto_processes(device.type) if engine.fusion_processes is None else engine.fusion_processes
     low = dtype or torch.bfloat16  # the ceilings' reduced precision
     t0 = time.perf_counter()
-    entries = write_jpegs(out / "images", n_images, sizes["image_size"])
+    entries = write_jpegs(out / "images", n_images, sizes["image_size"], mixed=args.mixed_orientation)
     models = build_models(sizes, device, args.batch_size)
     logger.info("set-up: %d JPEGs %dx%d and %d detectors + 1 embedder built in %.1f s on %s", n_images,
                 *sizes["image_size"], len(models.detectors), time.perf_counter() - t0, device_name)
@@ -423,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.benchmark = engine.cudnn_benchmark
 
     lines = [
-        f"device {device_name}; {n_images} JPEGs {sizes['image_size'][0]}x{sizes['image_size'][1]}, batch "
+        f"device {device_name}; {n_images} JPEGs {sizes['image_size'][0]}x{sizes['image_size'][1]}"
+        f"{' and turned on their side, alternating' if args.mixed_orientation else ''}, batch "
         f"{args.batch_size}, autocast {dtype}, channels_last {engine.channels_last}, compile {engine.compile}, "
         f"batches in flight {engine.batches_in_flight}, fusion processes {fusion_processes}, device decode {engine.decode_on_device and device.type == 'cuda'}, "
         f"concurrent detectors {engine.concurrent_detectors}, cuDNN benchmark (ceilings too) {engine.cudnn_benchmark}",
@@ -479,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": variant_results,
         "profiles": profiles,
         "small": args.small,
+        "mixed_orientation": args.mixed_orientation,
     }
     (out / "gpu_throughput.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_throughput_small_prints_the_table_and_the_json_line(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu_throughput.py"), "--small", "--images", "24", "--threads", "1",
-         "--device", "cpu", "--out", str(tmp_path), "--profile", "--variants", "fold_norms=false;batch_size=8"],
+         "--device", "cpu", "--out", str(tmp_path), "--profile", "--mixed-orientation", "--variants",
+         "fold_norms=false;batch_size=8"],
         cwd=ROOT, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -37,6 +38,7 @@ def test_gpu_throughput_small_prints_the_table_and_the_json_line(tmp_path):
     for name, profile in summary["profiles"].items():
         assert profile["images"] > 0 and profile["wall_ms"] > 0 and profile["top_ms"], name
         assert "Self CPU" in (tmp_path / f"profile_{name}.txt").read_text()
+    assert summary["mixed_orientation"] is True
 
 
 def test_gpu_throughput_refuses_an_unknown_variant_setting(tmp_path):

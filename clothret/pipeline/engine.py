@@ -3,10 +3,12 @@
 ::
 
     reader threads ──► loader thread ────────► [decoded batches] ──► model thread: detect(b) ──► fuser
-    (read; Pillow      (batches; nvJPEG on       batches_in_flight                  embed(b-1) ◄── fuse(b-1)
-     decodes)           the GPU; upload once)                                     (a thread, or worker processes)
+    (read; Pillow      (batches by shape;        batches_in_flight                  embed(b-1) ◄── fuse(b-1)
+     decodes)           nvJPEG on the GPU;                                        (a thread, or worker processes)
+                        upload once)
 
-The images go to the models' device once, as uint8. There the detectors run batched
+The loader cuts batches of images of similar aspect ratio (:mod:`clothret.pipeline.batching`: less padding,
+and an image of a common size gets what it would get alone). The images go to the models' device once, as uint8. There the detectors run batched
 (:meth:`~clothret.detection.torchvision_backend.TorchvisionDetector.detect_resident`), and after fusion the
 crops are cut and resized from the resident images and embedded (:meth:`~clothret.models.LoadedModels.embed_boxes`).
 While the model thread runs the detectors on batch ``b`` (CUDA kernels and torch's CPU kernels release the
@@ -34,6 +36,7 @@ import torch
 
 from clothret.detection.types import Detections
 from clothret.models import LoadedModels
+from clothret.pipeline.batching import RawBatch, ShapeBatcher
 from clothret.pipeline.decode import DeviceJpeg, decode_on_device, decode_on_host, for_device
 from clothret.pipeline.engine_config import EngineConfig
 from clothret.pipeline.fusion_pool import Fuser, auto_processes
@@ -48,6 +51,9 @@ OnOutput = Callable[[int, "ImageOutput | ImageFailure"], None]
 
 _END = object()
 
+SHAPE_WINDOW_BATCHES = 4
+"""Images held back to group batches by shape: at most this many batches' worth."""
+
 
 @dataclass
 class _Batch:
@@ -58,16 +64,6 @@ class _Batch:
     images: list[torch.Tensor] = field(default_factory=list)
     failures: list[tuple[int, ImageFailure]] = field(default_factory=list)
     ready: object | None = None  # a CUDA event the model stream waits for
-
-
-class _Pending:
-    """A raw batch between the reader and the loader: numpy images, device JPEGs, failures."""
-
-    def __init__(self) -> None:
-        self.indices: list[int] = []
-        self.names: list[str] = []
-        self.items: list[np.ndarray | DeviceJpeg] = []
-        self.failures: list[tuple[int, ImageFailure]] = []
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -189,7 +185,7 @@ class SegmentEngine:
                 continue
         return False
 
-    def _materialise(self, raw: _Pending) -> _Batch:
+    def _materialise(self, raw: RawBatch) -> _Batch:
         """Decode the batch's device JPEGs on the GPU (Pillow when that fails) and move every image there."""
         batch = _Batch(failures=raw.failures)
         jpegs = [item for item in raw.items if isinstance(item, DeviceJpeg)]
@@ -225,28 +221,30 @@ class SegmentEngine:
         return tensor.permute(2, 0, 1)
 
     def _load(self, uris: Sequence[str], names: Sequence[str]) -> None:
-        """The loader thread: read ahead, cut batches, decode and upload them, hand them to the model thread."""
+        """The loader thread: read ahead, cut batches of similar shape, decode and upload them, hand them to the
+        model thread."""
         on_device = self.cuda and self.config.decode_on_device
         stream = torch.cuda.Stream(self.device) if self.cuda else None
-        ahead = self.config.batch_size * (self.config.batches_in_flight + 1)
+        size = self.config.batch_size
+        ahead = size * (self.config.batches_in_flight + 1)
+        batcher: ShapeBatcher = ShapeBatcher(size, size * SHAPE_WINDOW_BATCHES, by_shape=self.config.group_by_shape)
+
+        def hand_on(batches) -> bool:
+            return all(self._put(self._ready(self._materialise(raw), stream)) for raw in batches)
+
         try:
             with torch.cuda.device(self.device) if self.cuda else _nothing(), \
                     torch.cuda.stream(stream) if self.cuda else _nothing():
-                raw = _Pending()
                 for index, item in _read_ahead(uris, self.limits, on_device, self.config.read_threads, ahead, self.stop):
                     if isinstance(item, ImageFailure):
-                        raw.failures.append((index, item))
-                        continue
-                    raw.indices.append(index)
-                    raw.names.append(names[index])
-                    raw.items.append(item)
-                    if len(raw.items) >= self.config.batch_size:
-                        if not self._put(self._ready(self._materialise(raw), stream)):
-                            return
-                        raw = _Pending()
-                if raw.items or raw.failures:
-                    if not self._put(self._ready(self._materialise(raw), stream)):
+                        ready = batcher.add_failure(index, item)
+                    else:
+                        height, width = (item.height, item.width) if isinstance(item, DeviceJpeg) else item.shape[:2]
+                        ready = batcher.add(index, names[index], item, height, width)
+                    if not hand_on(ready):
                         return
+                if not hand_on(batcher.drain()):
+                    return
             self._put(_END)
         except BaseException as exc:  # noqa: BLE001 - handed to the model thread, which raises it
             self._put(exc)

@@ -34,6 +34,10 @@ class EngineConfig(BaseModel):
         2, ge=1, le=16,
         description="decoded batches waiting ahead of the models, and detected batches waiting for fusion",
     )
+    group_by_shape: bool = Field(
+        True, description="batch images of similar aspect ratio together (from up to 4 batches read ahead), so "
+        "that batches pad less",
+    )
     read_threads: int = Field(4, ge=1, le=64, description="threads reading images (and decoding those Pillow decodes)")
     decode_on_device: bool = Field(
         True, description="decode baseline RGB JPEGs in batches on the GPU (nvJPEG) when the models run on CUDA"
