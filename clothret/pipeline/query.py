@@ -1,4 +1,5 @@
-"""Street (query) images through the same detect → fuse → embed path, then k-NN in the index."""
+"""Street (query) images through the segment engine — the very path the gallery went through — then k-NN
+in the index."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from collections.abc import Callable, Sequence
 from clothret.index.results import QueryResult
 from clothret.index.search import SearchIndex
 from clothret.models import LoadedModels
-from clothret.pipeline.mapper import map_isolated
-from clothret.pipeline.reader import ImageFailure, iter_images
+from clothret.pipeline.engine import run_engine
+from clothret.pipeline.engine_config import EngineConfig
+from clothret.pipeline.mapper import ImageOutput
+from clothret.pipeline.reader import ImageFailure
 
 logger = logging.getLogger(__name__)
 
@@ -21,39 +24,38 @@ def search_images(
     *,
     k: int = 20,
     batch_size: int = 16,
+    engine: EngineConfig | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[QueryResult], dict[str, str]]:
-    """Search ``(image_id, uri)`` pairs; returns one result per detection and the failed images' reasons."""
+    """Search ``(image_id, uri)`` pairs; returns one result per detection (in the images' order) and the
+    failed images' reasons.
+
+    The images are detected, fused and embedded by the segment engine (:func:`~clothret.pipeline.engine.run_engine`,
+    ``engine`` settings, batches of ``batch_size`` unless ``engine`` sets one), so a query's features are
+    computed exactly as a gallery image's are.
+    """
     if index.version != models.version:
         raise ValueError(
             f"index was built with model version {index.version} but the models are version {models.version}"
         )
-    results: list[QueryResult] = []
+    per_image: list[list[QueryResult]] = [[] for _ in images]
     failures: dict[str, str] = {}
-    batch: list[tuple[str, object]] = []
     done = 0
 
-    def flush() -> None:
+    def on_output(i: int, out: ImageOutput | ImageFailure) -> None:
         nonlocal done
-        outputs = map_isolated(models, [img for _, img in batch], [image_id for image_id, _ in batch])
-        for (image_id, _), out in zip(batch, outputs):
-            if isinstance(out, ImageFailure):
-                failures[image_id] = f"{out.kind}: {out.reason}"
-            else:
-                results.extend(index.query_results(image_id, out.detections, out.features, k=k))
-        done += len(batch)
-        batch.clear()
+        image_id = images[i][0]
+        if isinstance(out, ImageFailure):
+            failures[image_id] = f"{out.kind}: {out.reason}"
+        else:
+            per_image[i] = index.query_results(image_id, out.detections, out.features, k=k)
+        done += 1
         if on_progress:
             on_progress(done, len(images))
 
-    for i, image in iter_images([uri for _, uri in images]):
-        if isinstance(image, ImageFailure):
-            failures[images[i][0]] = f"{image.kind}: {image.reason}"
-            done += 1
-            continue
-        batch.append((images[i][0], image))
-        if len(batch) >= batch_size:
-            flush()
-    if batch:
-        flush()
-    return results, failures
+    config = (engine or EngineConfig()).with_batch_size(batch_size)
+    run_engine([uri for _, uri in images], [image_id for image_id, _ in images], models, on_output, config=config)
+    return [r for results in per_image for r in results], failures
+
+
+__all__ = ["search_images"]
