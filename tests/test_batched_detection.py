@@ -128,3 +128,42 @@ def test_resident_detections_on_an_empty_batch_and_bad_images():
         detector.detect_resident([torch.zeros(8, 8, 3, dtype=torch.uint8)])
     with pytest.raises(ValueError, match="FCOS, RetinaNet and FasterRCNN"):
         detect_resident(torch.nn.Linear(2, 2), [torch.zeros(3, 8, 8, dtype=torch.uint8)], anchors=AnchorCache())
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_blank_rows_added_for_a_compiled_batch_shape_change_nothing(architecture):
+    """``pad_to`` (what compiled parts use so that a short batch has the full batch's shape) leaves the real
+    images' detections as they were: GroupNorm heads normalise per image, batch norms are fixed."""
+    torch.manual_seed(2)
+    config = TorchvisionDetectorConfig(architecture=architecture, **TINY, score_thresh=0.0, detections_per_img=30)
+    model = build_detector_model(config).eval()
+    images = [torch.from_numpy(img).permute(2, 0, 1) for img in _images(2)[:3]]
+    plain = detect_resident(model, images, anchors=AnchorCache()).to_host()
+    padded = detect_resident(model, images, anchors=AnchorCache(), pad_to=8, channels_last=True).to_host()
+    assert len(padded) == len(plain) == 3
+    for (pb, ps, pl), (qb, qs, ql) in zip(plain, padded):
+        assert len(qb) == len(pb)
+        torch.testing.assert_close(qs[:10], ps[:10], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(qb[:10], pb[:10], rtol=1e-3, atol=1e-2)
+
+
+def test_compiled_parts_see_one_batch_shape_and_give_the_eager_detections():
+    """With ``compile`` on, a short last batch is filled up to the batch size, so each part compiles once per
+    image size instead of once per batch length; the detections are the eager ones."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(3)
+    config = TorchvisionDetectorConfig(architecture="retinanet", **TINY, head_convs=1, score_thresh=0.0,
+                                       detections_per_img=20)
+    detector = TorchvisionDetector(build_detector_model(config), config, batch_size=4)
+    images = [torch.from_numpy(img).permute(2, 0, 1) for img in _images(3) if img.shape[:2] == (60, 80)] * 2
+    eager = detector.detect_resident(images)  # 6 images: a batch of 4, then one of 2
+    torch._dynamo.reset()
+    counters.clear()
+    detector.configure(compile="default")
+    compiled = detector.detect_resident(images)
+    compiled_again = detector.detect_resident(images[:3])
+    assert counters["stats"]["unique_graphs"] == 2  # the backbone and the head, once each
+    for e, c in zip(eager + eager[:3], compiled + compiled_again):
+        np.testing.assert_allclose(c.scores, e.scores, atol=1e-4)
+        np.testing.assert_allclose(c.boxes, e.boxes, atol=1e-2)

@@ -68,6 +68,24 @@ class _Prepared:
     batch: Tensor  # (B, 3, Hp, Wp) normalised, resized, padded
     sizes: list[tuple[int, int]]  # resized (h, w) of each image
     original: list[tuple[int, int]]  # original (h, w) of each image
+    dense: Tensor | None = None  # what the dense parts run on: ``batch``, or it with blank rows added
+
+    def __post_init__(self) -> None:
+        if self.dense is None:
+            self.dense = self.batch
+
+    def with_rows(self, rows: int | None) -> _Prepared:
+        """The same batch, its dense input grown to ``rows`` images with blank (zero) ones: a compiled network
+        then sees one batch shape, and blank rows change nothing in the real ones (every norm in eval mode
+        is per image or fixed)."""
+        extra = (rows or 0) - len(self.sizes)
+        if extra <= 0:
+            return self
+        blank = self.batch.new_zeros((extra, *self.batch.shape[1:]))
+        dense = torch.cat([self.batch, blank])
+        if self.batch.is_contiguous(memory_format=torch.channels_last) and not self.batch.is_contiguous():
+            dense = dense.contiguous(memory_format=torch.channels_last)
+        return _Prepared(self.batch, self.sizes, self.original, dense)
 
 
 # --------------------------------------------------------------------------------------------- input
@@ -268,9 +286,10 @@ def _finish(boxes, scores, labels, image_index, keep, prepared) -> ResidentDetec
 def _one_stage(model: FCOS | RetinaNet, prepared: _Prepared, anchors: AnchorCache, parts: DenseParts,
                amp: Callable) -> ResidentDetections:
     with amp():
-        features = list(parts.backbone(prepared.batch).values())
+        features = list(parts.backbone(prepared.dense).values())
         outputs = parts.head(features)
     batch = prepared.batch
+    outputs = {name: value[: len(batch)] for name, value in outputs.items()}  # blank rows off
     anchor_boxes = anchors.get(
         model.anchor_generator, batch.shape[-2:], [f.shape[-2:] for f in features], batch.device
     )
@@ -319,6 +338,8 @@ def _proposals(model: FasterRCNN, features: list[Tensor], prepared: _Prepared, a
     batch = prepared.batch
     with amp():
         objectness, deltas = rpn_head(features)
+    objectness = [o[: len(batch)] for o in objectness]  # blank rows off
+    deltas = [d[: len(batch)] for d in deltas]
     anchor_boxes = anchors.get(rpn.anchor_generator, batch.shape[-2:], [f.shape[-2:] for f in features], batch.device)
     per_level = [o[0].numel() for o in objectness]
     objectness, deltas = concat_box_prediction_layers([o.float() for o in objectness], [d.float() for d in deltas])
@@ -344,7 +365,7 @@ def _two_stage(model: FasterRCNN, prepared: _Prepared, anchors: AnchorCache, par
                amp: Callable) -> ResidentDetections:
     heads = model.roi_heads
     with amp():
-        features = parts.backbone(prepared.batch)
+        features = parts.backbone(prepared.dense)  # blank rows, if any, are never pooled: no proposal names them
     proposals = _proposals(model, list(features.values()), prepared, anchors, parts.rpn_head, amp)
     with amp():
         pooled = heads.box_roi_pool(features, proposals, prepared.sizes)
@@ -389,7 +410,8 @@ class DenseParts:
         fold_norms: bool = False,
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> DenseParts:
-        """The parts of ``model``, each passed through ``wrap`` (e.g. ``torch.compile``).
+        """The parts of ``model``, each passed through ``wrap`` (e.g. ``torch.compile``) but Faster R-CNN's box
+        head, whose input (the proposals) changes size from batch to batch.
 
         ``fold_norms`` runs inference copies instead (:mod:`clothret.inference_copy`): the trunk's batch
         norms folded into its convolutions, GroupNorms kept in the autocast dtype, in ``memory_format``.
@@ -400,15 +422,15 @@ class DenseParts:
                 f"batched inference supports FCOS, RetinaNet and FasterRCNN models, got {type(model).__name__}"
             )
 
-        def part(module: nn.Module, *, trunk: bool = False) -> Callable:
+        def part(module: nn.Module, *, trunk: bool = False, wrapped: bool = True) -> Callable:
             if fold_norms:
                 module = _inference_backbone(module) if trunk else _inference_head(module)
                 module.to(memory_format=memory_format)
-            return wrap(module)
+            return wrap(module) if wrapped else module
 
-        if isinstance(model, FasterRCNN):
+        if isinstance(model, FasterRCNN):  # the box head sees a varying number of proposals: never wrapped
             return cls(part(model.backbone, trunk=True), rpn_head=part(model.rpn.head),
-                       box_head=part(model.roi_heads.box_head))
+                       box_head=part(model.roi_heads.box_head, wrapped=False))
         return cls(part(model.backbone, trunk=True), head=part(model.head))
 
 
@@ -436,11 +458,13 @@ def detect_resident(
     parts: DenseParts | None = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    pad_to: int | None = None,
 ) -> ResidentDetections:
     """Detections of ``model`` (in eval mode) on uint8 (3, H, W) images on its device, batched.
 
     ``autocast_dtype`` (bf16 / fp16, or None for float32) runs the backbone and heads under autocast;
-    the post-processing is float32 either way.
+    the post-processing is float32 either way. ``pad_to``: the backbone and heads run on at least this many
+    images, blank ones added (what compiled parts need to see one batch shape); the results are the same.
     """
     check_images(images)
     parts = parts or DenseParts.of(model)
@@ -453,7 +477,7 @@ def detect_resident(
         return torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None)
 
     with torch.inference_mode():
-        prepared = prepare_batch(images, model.transform, channels_last=channels_last)
+        prepared = prepare_batch(images, model.transform, channels_last=channels_last).with_rows(pad_to)
         if isinstance(model, FasterRCNN):
             return _two_stage(model, prepared, anchors, parts, amp)
         return _one_stage(model, prepared, anchors, parts, amp)

@@ -515,6 +515,7 @@ class TorchvisionDetector:
             found = batched.detect_resident(
                 self.model, images[start : start + self.batch_size], anchors=self._anchors, parts=self._parts,
                 autocast_dtype=autocast_dtype, channels_last=channels_last,
+                pad_to=self.batch_size if compile != "off" else None,  # one batch shape per image size
             )
             out.extend(_to_detections(found.to_host(), self.config))
         return out

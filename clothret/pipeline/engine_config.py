@@ -21,8 +21,10 @@ class EngineConfig(BaseModel):
     ``autocast`` ``auto`` means bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on the CPU
     (where the outputs then match the plain torchvision/timm models within float rounding).
     ``compile`` passes its mode to ``torch.compile`` for the detectors' backbones and heads and the
-    embedders (``reduce-overhead`` adds CUDA graphs); it costs a minute or more of compilation per model
-    and process, so it is off unless a long backfill pays for it.
+    embedders (``reduce-overhead`` adds CUDA graphs); short batches are filled up to the batch size with
+    blank images, so each network compiles once per image size (Faster R-CNN's box head, fed a varying
+    number of proposals, stays eager). It costs a minute or more of compilation per model and process,
+    so it is off unless a long backfill pays for it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
