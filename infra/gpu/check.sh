@@ -12,11 +12,13 @@
 #   OUT_DIR/junit.xml        the tests' outcomes
 #   OUT_DIR/throughput.log   bench/gpu_throughput.py on a GPU, else bench/throughput.py (last line: JSON)
 #   OUT_DIR/gpu_throughput.txt  on a GPU: the engine's stage table, ceilings and ratios
+#   OUT_DIR/profile_<name>.txt  with GPU_THROUGHPUT_ARGS=--profile: each detector's costliest operators
 #   OUT_DIR/dmesg.txt        the kernel's last lines (the OOM killer, GPU Xid errors)
 #
 # Under 5 minutes on one H100/H200: each step has its own time limit. Exit status: the tests' one.
 # GPU_THROUGHPUT_VARIANTS='cudnn_benchmark=true;batch_size=32' adds end-to-end rows under other engine
-# settings to the throughput run (raise GPU_THROUGHPUT_LIMIT to match: ~15 s a variant, minutes with compile).
+# settings to the throughput run (raise GPU_THROUGHPUT_LIMIT to match: ~15 s a variant, minutes with compile);
+# GPU_THROUGHPUT_ARGS='--profile' adds more options (a profile of each detector: OUT_DIR/profile_<name>.txt).
 set -u
 out="${1:?usage: PYTHON=python3 infra/gpu/check.sh OUT_DIR}"
 py="${PYTHON:-python3}"
@@ -64,8 +66,10 @@ tests_rc=$?
 work="$(mktemp -d)"
 if "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   step gpu-throughput "${GPU_THROUGHPUT_LIMIT:-150}" "$out/throughput.log" "$py" bench/gpu_throughput.py \
-    --images "${GPU_THROUGHPUT_IMAGES:-96}" --out "$work" ${GPU_THROUGHPUT_VARIANTS:+--variants "$GPU_THROUGHPUT_VARIANTS"}
+    --images "${GPU_THROUGHPUT_IMAGES:-96}" --out "$work" ${GPU_THROUGHPUT_VARIANTS:+--variants "$GPU_THROUGHPUT_VARIANTS"} \
+    ${GPU_THROUGHPUT_ARGS:-}
   cp "$work/gpu_throughput.txt" "$out/gpu_throughput.txt" 2>/dev/null
+  cp "$work"/profile_*.txt "$out/" 2>/dev/null
 else
   step throughput 75 "$out/throughput.log" "$py" bench/throughput.py --images 300 --segment-size 100 --steps 10 \
     --workdir "$work"
