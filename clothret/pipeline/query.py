@@ -53,7 +53,9 @@ def search_images(
         if on_progress:
             on_progress(done, len(images))
 
-    config = (engine or EngineConfig()).with_batch_size(batch_size)
+    if engine is None:  # a few queries fuse on one thread rather than wait for fusion processes to start
+        engine = EngineConfig(fusion_processes=0) if len(images) <= 4 * batch_size else EngineConfig()
+    config = engine.with_batch_size(batch_size)
     run_engine([uri for _, uri in images], [image_id for image_id, _ in images], models, on_output, config=config)
     return [r for results in per_image for r in results], failures
 
