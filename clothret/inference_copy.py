@@ -26,10 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 logger = logging.getLogger(__name__)
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
+_FOLDABLE_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
 
 def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -94,10 +96,18 @@ def inference_group_norms(module: nn.Module) -> int:
     return count
 
 
+class _NormsAsLeaves(fx.Tracer):
+    """torch.fx's tracer, keeping the foldable norms whole (FrozenBatchNorm2d would be traced into)."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return type(module) in _FOLDABLE_NORMS or super().is_leaf_module(module, qualified_name)
+
+
 def _foldable(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """``node`` is an eval-mode BatchNorm2d with running statistics fed only by a Conv2d's output."""
-    if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
-        return False
+    """``node`` is an eval-mode BatchNorm2d (or torchvision's FrozenBatchNorm2d) with running statistics fed
+    only by a Conv2d's output."""
+    if node.op != "call_module" or type(modules[node.target]) not in _FOLDABLE_NORMS:
+        return False  # exact types: a subclass may do more (timm's BatchNormAct2d also applies an activation)
     norm = modules[node.target]
     if norm.training or norm.running_mean is None or len(node.args) != 1 or node.kwargs:
         return False
@@ -118,7 +128,7 @@ def fold_batch_norms(module: nn.Module) -> tuple[nn.Module, int]:
     """
     source = copy.deepcopy(module).eval()
     try:
-        graph_module = fx.symbolic_trace(source)
+        graph_module = fx.GraphModule(source, _NormsAsLeaves().trace(source))
     except Exception as exc:  # noqa: BLE001 - any tracing failure means "leave it unfolded"
         logger.debug("%s: batch norms not folded (cannot trace its forward: %s)", type(module).__name__, exc)
         return source, 0

@@ -68,6 +68,25 @@ def test_folding_a_resnet_trunk_removes_every_norm_and_keeps_its_outputs():
     assert _count(net, nn.BatchNorm2d) == 20
 
 
+def test_torchvisions_frozen_batch_norms_fold_too():
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, norm_layer=FrozenBatchNorm2d).eval()
+    gen = torch.Generator().manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            for buffer in (m.weight, m.running_var):
+                buffer.copy_(torch.rand(buffer.shape, generator=gen) + 0.5)
+            for buffer in (m.bias, m.running_mean):
+                buffer.copy_(torch.rand(buffer.shape, generator=gen) - 0.5)
+    x = torch.randn(2, 3, 64, 64)
+    folded, count = fold_batch_norms(net)
+    assert count == 20 and _count(folded, FrozenBatchNorm2d) == 0
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-4)
+
+
 class _SharedConv(nn.Module):
     """A convolution whose output feeds a norm and a skip: the norm cannot fold into it."""
 
@@ -205,3 +224,17 @@ def test_inference_copies_follow_new_weights():
     want = TorchvisionDetector(replacement, config).detect_resident(images)[0]
     np.testing.assert_allclose(second.scores, want.scores, atol=1e-5)
     assert not np.allclose(second.scores[:5], first.scores[:5], atol=1e-3)
+
+
+def test_a_norm_with_its_own_activation_is_not_folded_away():
+    """timm's BatchNormAct2d (a BatchNorm2d subclass that also applies an activation, in MobileNetV3 and
+    EfficientNet) must not be folded as if it were a plain norm: the embedding stays the same."""
+    torch.manual_seed(0)
+    config = EmbedderConfig(backbone="mobilenetv3_small_050", backbone_kwargs={}, descriptors="GM", dim=32, input_size=64)
+    net = _trained_looking(EmbeddingNet(config, pretrained=False))
+    embedder = Embedder(net, batch_size=8)
+    pixels = torch.randint(0, 256, (6, 3, 64, 64)).float()
+    embedder.configure(fold_norms=False)
+    plain = embedder.embed_pixels(pixels)
+    embedder.configure(fold_norms=True)
+    torch.testing.assert_close(embedder.embed_pixels(pixels), plain, rtol=1e-4, atol=1e-5)
