@@ -38,23 +38,25 @@ def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor 
                              eps: float) -> torch.Tensor:
     """``F.group_norm`` of a channels-last (N, C, H, W) tensor without leaving its layout or dtype.
 
-    Two passes over ``x`` (statistics, then one fused multiply-add), against PyTorch's CUDA kernel's
-    transpose to NCHW and back; the statistics accumulate in float32 (``var_mean``'s accumulator), the
-    per-channel scale and shift are computed in float32 and applied in ``x``'s dtype.
+    Two passes over ``x``: each channel's mean and variance over the pixels (a reduction along the outer
+    dimension of the (N, H*W, C) storage, accumulated in float32), then one multiply-add; a group's
+    statistics combine its channels' (equal counts: the mean of the means, the mean variance plus the
+    variance of the means). PyTorch's CUDA kernel instead copies a channels-last input to NCHW first.
     """
     n, c, h, w = x.shape
-    grouped = x.permute(0, 2, 3, 1).reshape(n, h * w, groups, c // groups)  # a view of a channels-last x
-    var, mean = torch.var_mean(grouped, dim=(1, 3), correction=0, keepdim=True)  # (n, 1, groups, 1)
-    scale = (var.float() + eps).rsqrt()
-    shift = -mean.float() * scale
+    pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view of a channels-last x
+    channel_var, channel_mean = torch.var_mean(pixels, dim=1, correction=0)  # (n, c)
+    channel_var = channel_var.float().view(n, groups, c // groups)
+    channel_mean = channel_mean.float().view(n, groups, c // groups)
+    mean = channel_mean.mean(dim=2, keepdim=True)
+    var = channel_var.mean(dim=2, keepdim=True) + (channel_mean - mean).square().mean(dim=2, keepdim=True)
+    scale = (var + eps).rsqrt().expand(n, groups, c // groups).reshape(n, c)
+    shift = -mean.expand(n, groups, c // groups).reshape(n, c) * scale
     if weight is not None:
-        scale = scale * weight.float().view(1, 1, groups, c // groups)
-        shift = shift * weight.float().view(1, 1, groups, c // groups)
+        scale, shift = scale * weight.float(), shift * weight.float()
     if bias is not None:
-        shift = shift + bias.float().view(1, 1, groups, c // groups)
-    scale = scale.expand(n, 1, groups, c // groups).to(x.dtype)
-    shift = shift.expand(n, 1, groups, c // groups).to(x.dtype)
-    out = torch.addcmul(shift, grouped, scale)  # (n, h*w, groups, c/groups), channels innermost
+        shift = shift + bias.float()
+    out = torch.addcmul(shift.to(x.dtype)[:, None, :], pixels, scale.to(x.dtype)[:, None, :])  # (n, h*w, c)
     return out.reshape(n, h, w, c).permute(0, 3, 1, 2)
 
 
