@@ -22,10 +22,13 @@ measures on the same images:
   (each variant's line goes to the log as soon as it is measured, so a time limit keeps the ones done).
 
 The last line printed is one JSON object (also written to ``DIR/gpu_throughput.json``); the table and the
-log go to ``DIR/gpu_throughput.txt``. ``--small`` runs tiny models on small images: a CPU smoke run.
+log go to ``DIR/gpu_throughput.txt``. ``--small`` runs tiny models on small images: a CPU smoke run;
+``--size mid`` ResNet-18-FPN detectors at 320-533 px on 640x480 images, a CPU run of minutes.
 
     python3 bench/gpu_throughput.py --out /tmp/gpu_bench          # on a GPU machine (~1-3 minutes)
     python3 bench/gpu_throughput.py --small --out /tmp/gpu_small  # seconds, on the CPU
+    python3 bench/gpu_throughput.py --size mid --mixed-orientation --skip-old --variants group_by_shape=false \
+        --out /tmp/gpu_mid                                         # what batching by shape saves, CPU minutes
 """
 
 from __future__ import annotations
@@ -90,6 +93,19 @@ SMALL = {
                  "descriptors": "GM", "dim": 64, "input_size": 48},
     "embedder_batch": 128,
 }
+MID = {
+    "image_size": (640, 480),
+    "images": 64,
+    "detector": {"backbone": "resnet18", "fpn_channels": 128, "min_size": 320, "max_size": 533, "score_thresh": 0.0},
+    "per_architecture": {
+        "fcos": {"min_level": 3, "max_level": 7, "head_convs": 2, "head_norm": "group"},
+        "retinanet": {"min_level": 3, "max_level": 7, "head_convs": 2, "head_norm": "none"},
+        "faster_rcnn": {"min_level": 2, "max_level": 6, "roi_head_dim": 256},
+    },
+    "embedder": {"backbone": "resnet18", "backbone_kwargs": {}, "descriptors": "GM", "dim": 256, "input_size": 112},
+    "embedder_batch": 128,
+}
+SIZES = {"paper": PAPER, "mid": MID, "small": SMALL}
 FUSION = FusionConfig(conf_type="max", max_boxes_per_image=10)
 
 
@@ -289,8 +305,11 @@ def end_to_end(entries: list, warm: list, models: LoadedModels, engine: EngineCo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for the images, the table/log and the JSON")
-    parser.add_argument("--small", action="store_true", help="tiny models and images: a CPU smoke run")
-    parser.add_argument("--images", type=int, default=None, help="number of images (default 192, small 48)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="paper",
+                        help="models and images: the paper's (default), mid (ResNet-18-FPN at 320-533 px on 640x480, "
+                        "minutes on 2 CPU cores) or small")
+    parser.add_argument("--small", action="store_true", help="--size small: tiny models and images, a CPU smoke run")
+    parser.add_argument("--images", type=int, default=None, help="number of images (default 192, mid 64, small 48)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch (the default batch size)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda[:N]")
     parser.add_argument("--batches-in-flight", type=int, default=EngineConfig().batches_in_flight)
@@ -328,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sizes = SMALL if args.small else PAPER
+    size_name = "small" if args.small else args.size
+    sizes = SIZES[size_name]
     n_images = args.images or sizes["images"]
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -485,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         "engine": engine.model_dump(mode="json"),
         "variants": variant_results,
         "profiles": profiles,
-        "small": args.small,
+        "small": size_name == "small",
+        "size": size_name,
         "mixed_orientation": args.mixed_orientation,
     }
     (out / "gpu_throughput.json").write_text(json.dumps(summary, indent=1))

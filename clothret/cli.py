@@ -220,6 +220,7 @@ def _refresh_config(args: argparse.Namespace):
         manifest_url=args.manifest, bundle_url=args.bundle, store_url=args.store, index_url=args.index,
         segment_size=args.segment_size, retry_failed=getattr(args, "retry_failed", False),
         eval_split_url=args.eval_split, device=args.device, postprocess=PostProcessConfig(**postprocess),
+        engine=_engine_config(args),
     )
 
 
@@ -310,6 +311,27 @@ def _add_postprocess_arguments(p: argparse.ArgumentParser, *, for_build: bool = 
         g.add_argument("--no-postprocess", action="store_true", help="ignore the build's query-side settings")
 
 
+def _add_engine_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine", action="append", default=[], metavar="SETTING=VALUE",
+        help="a segment-engine setting (repeatable), e.g. batch_size=32, autocast=bf16, compile=default, "
+        "group_by_shape=false; see EngineConfig",
+    )
+
+
+def _engine_config(args: argparse.Namespace):
+    """The ``--engine SETTING=VALUE`` options as an EngineConfig (a bad setting or value names itself)."""
+    from clothret.pipeline.engine_config import EngineConfig
+
+    settings = {}
+    for item in args.engine:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--engine {item!r}: expected SETTING=VALUE, e.g. --engine batch_size=32")
+        settings[key.strip()] = value.strip()
+    return EngineConfig.model_validate(settings)
+
+
 def _postprocess_options(args: argparse.Namespace):
     """The post-processing asked for: overrides of the build's settings, or none of its query-side ones."""
     overrides = {field: getattr(args, flag) for flag, field in _POSTPROCESS_FLAGS if getattr(args, flag) is not None}
@@ -324,10 +346,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     from clothret.pipeline.query import search_images
     from clothret.rerank.search import load_index
 
+    engine = _engine_config(args)  # settings first: they are checked without touching anything
     models = load_models(load_bundle(args.bundle))
     index = load_index(args.index, postprocess=_postprocess_options(args))
     images = [(Path(p).stem, p) for p in args.images]
-    results, failures = search_images(models, index, images, k=max(20, 3 * args.top))
+    results, failures = search_images(models, index, images, k=max(20, 3 * args.top), engine=engine)
     for image_id, reason in failures.items():
         sys.stdout.write(f"{image_id}: could not be read ({reason})\n")
     for r in results:
@@ -346,8 +369,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from clothret.models import load_bundle, load_models
     from clothret.rerank.search import load_index, search_options
 
+    engine = _engine_config(args)  # settings first: they are checked without touching anything
     index = load_index(args.index, postprocess=_postprocess_options(args))
-    run = evaluate_split(args.split, load_models(load_bundle(args.bundle)), index)
+    run = evaluate_split(args.split, load_models(load_bundle(args.bundle)), index, engine=engine)
     scores = {**run.scores, "build_id": index.manifest.get("build_id"), "postprocess": search_options(index).label()}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     write_submission(run.results, str(Path(args.out) / "submission.json"))
@@ -509,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "refresh":
             p.add_argument("--retry-failed", action="store_true", help="re-run only images that failed before")
         _add_postprocess_arguments(p, for_build=True)
+        _add_engine_argument(p)
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("promote", help="serve a written build (default: the newest one not served yet)")
@@ -539,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", default=f"{wd}/index")
     p.add_argument("--top", type=int, default=5)
     _add_postprocess_arguments(p)
+    _add_engine_argument(p)
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("evaluate", help="Acc@k of a split's street images against the index")
@@ -547,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", default=f"{wd}/index")
     p.add_argument("--out", default=f"{wd}/evaluation")
     _add_postprocess_arguments(p)
+    _add_engine_argument(p)
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("report", help="HTML report of a submission file")

@@ -267,7 +267,7 @@ def build_and_publish(
     if config.eval_split_url:
         models = cached_models(config.bundle_url, version, str(resolve_device(config.device)))
         searched = with_postprocessing(SearchIndex(index, gallery, manifest), config.postprocess)
-        run_eval = evaluate_split(config.eval_split_url, models, searched)
+        run_eval = evaluate_split(config.eval_split_url, models, searched, engine=config.engine)
         manifest.update(_acc_gate(config, run_eval.scores))
     published = publish_build(config.index_url, index, gallery, manifest, activate=activate, since=since, run=run,
                               files=streamed.files if streamed else None)

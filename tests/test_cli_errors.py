@@ -177,6 +177,33 @@ def test_promote_and_rollback_of_an_index_without_builds(tmp_path, capsys, quiet
     _no_server_started(quiet_caplog)
 
 
+@pytest.mark.parametrize(
+    ("engine", "says"),
+    [
+        (["batch_sise=3"], "invalid EngineConfig settings: batch_sise: Extra inputs are not permitted"),
+        (["autocast=int8"], "invalid EngineConfig settings: autocast: Input should be 'auto', 'bf16', 'fp16' or 'fp32'"),
+        (["batch_size=32", "oops"], "--engine 'oops': expected SETTING=VALUE"),
+    ],
+    ids=["unknown-setting", "bad-value", "no-value"],
+)
+def test_bad_engine_settings_are_refused_first(good, capsys, quiet_caplog, engine, says):
+    flags = [arg for item in engine for arg in ("--engine", item)]
+    for argv in (_refresh_args(good) + flags, ["search", "any.jpg", "--bundle", "missing.yaml", *flags],
+                 ["evaluate", "--bundle", "missing.yaml", *flags]):
+        assert main(argv) == 2
+        assert says in _one_error_line(capsys), argv  # before the bundle is even looked at
+    _no_server_started(quiet_caplog)
+
+
+def test_engine_settings_reach_the_refresh_config(good):
+    from clothret.cli import _refresh_config, build_parser
+
+    args = build_parser().parse_args(_refresh_args(good) + ["--engine", "batch_size=8", "--engine", "autocast=bf16",
+                                                            "--engine", "group_by_shape=false"])
+    engine = _refresh_config(args).engine
+    assert (engine.batch_size, engine.autocast, engine.group_by_shape) == (8, "bf16", False)
+
+
 def test_verbose_adds_the_traceback(good, tmp_path, capsys):
     missing = str(tmp_path / "nope.jsonl")
     assert main(["--verbose", *_refresh_args(good, manifest=missing)]) == 2

@@ -17,6 +17,7 @@ from clothret.index.results import QueryResult
 from clothret.evaluation.submission import write_submission
 from clothret.index.search import SearchIndex
 from clothret.models import LoadedModels, load_bundle, load_models
+from clothret.pipeline.engine_config import EngineConfig
 from clothret.pipeline.query import search_images
 from clothret.rerank.config import PostProcessConfig
 from clothret.rerank.search import load_index, search_options
@@ -35,15 +36,17 @@ class SplitEvaluation:
     failures: dict[str, str]
 
 
-def evaluate_split(split_url: str, models: LoadedModels, index: SearchIndex, *, k: int = 20) -> SplitEvaluation:
-    """Search every street image of a split in ``index`` and score the DeepFashion2 Acc@k."""
+def evaluate_split(split_url: str, models: LoadedModels, index: SearchIndex, *, k: int = 20,
+                   engine: EngineConfig | None = None) -> SplitEvaluation:
+    """Search every street image of a split in ``index`` (through the segment engine, ``engine`` settings)
+    and score the DeepFashion2 Acc@k."""
     records = read_split(split_url)
     queries = [r for r in records if r.source == "user"]
     gallery = [r for r in records if r.source == "shop"]
     if not queries:
         raise ValueError(f"split {split_url} has no street (source 'user') images to evaluate with")
     start = time.perf_counter()
-    results, failures = search_images(models, index, [(r.image_id, r.path) for r in queries], k=k)
+    results, failures = search_images(models, index, [(r.image_id, r.path) for r in queries], k=k, engine=engine)
     seconds = time.perf_counter() - start
     if failures:
         logger.warning("%d query images could not be read: %s", len(failures), failures)
