@@ -35,8 +35,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from clothret.datasets.records import NUM_CATEGORIES
 from clothret.detection import batched
 from clothret.detection.batched import AnchorCache, DenseParts
-from clothret.inference_copy import weights_version
 from clothret.detection.types import Detections
+from clothret.inference_copy import weights_version
 from clothret.weights import load_weights, save_weights
 
 logger = logging.getLogger(__name__)

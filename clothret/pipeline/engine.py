@@ -8,7 +8,8 @@
                         upload once)
 
 The loader cuts batches of images of similar aspect ratio (:mod:`clothret.pipeline.batching`: less padding,
-and an image of a common size gets what it would get alone). The images go to the models' device once, as uint8. There the detectors run batched
+and an image of a common size gets what it would get alone). The images go to the models' device once, as
+uint8. There the detectors run batched
 (:meth:`~clothret.detection.torchvision_backend.TorchvisionDetector.detect_resident`), and after fusion the
 crops are cut and resized from the resident images and embedded (:meth:`~clothret.models.LoadedModels.embed_boxes`).
 While the model thread runs the detectors on batch ``b`` (CUDA kernels and torch's CPU kernels release the
