@@ -72,6 +72,18 @@ def test_a_full_window_hands_on_the_fullest_batch():
         ShapeBatcher(8, 4)
 
 
+def test_a_byte_budget_hands_on_before_the_window_fills():
+    """Large decoded images: the batcher holds at most ``max_bytes`` of them, whatever the window."""
+    batcher = ShapeBatcher(8, 32, max_bytes=100)
+    out = []
+    for i in range(12):
+        out += batcher.add(i, f"img{i}", None, 10, 20 if i % 2 else 5, nbytes=30)
+        assert batcher._held_bytes < 100 and batcher._held_bytes == 30 * batcher._held
+    assert out and all(len(b.items) < 8 for b in out)  # handed on for the bytes, long before a batch filled
+    assert sum(len(b.items) for b in out) + sum(len(b.items) for b in batcher.drain()) == 12
+    assert batcher._held_bytes == 0
+
+
 def test_failures_alone_are_reported_in_batches():
     batcher = ShapeBatcher(3, 6)
     out = [b for i in range(7) for b in batcher.add_failure(i, "bad")]

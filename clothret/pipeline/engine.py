@@ -53,7 +53,9 @@ OnOutput = Callable[[int, "ImageOutput | ImageFailure"], None]
 _END = object()
 
 SHAPE_WINDOW_BATCHES = 4
-"""Images held back to group batches by shape: at most this many batches' worth."""
+"""Images held back to group batches by shape: at most this many batches' worth..."""
+SHAPE_WINDOW_BYTES = 1 << 30
+"""... and at most this much memory (decoded images on the host; JPEG bytes for the GPU's decoder)."""
 
 
 @dataclass
@@ -228,7 +230,8 @@ class SegmentEngine:
         stream = torch.cuda.Stream(self.device) if self.cuda else None
         size = self.config.batch_size
         ahead = size * (self.config.batches_in_flight + 1)
-        batcher: ShapeBatcher = ShapeBatcher(size, size * SHAPE_WINDOW_BATCHES, by_shape=self.config.group_by_shape)
+        batcher: ShapeBatcher = ShapeBatcher(size, size * SHAPE_WINDOW_BATCHES, by_shape=self.config.group_by_shape,
+                                             max_bytes=SHAPE_WINDOW_BYTES)
 
         def hand_on(batches) -> bool:
             return all(self._put(self._ready(self._materialise(raw), stream)) for raw in batches)
@@ -240,8 +243,11 @@ class SegmentEngine:
                     if isinstance(item, ImageFailure):
                         ready = batcher.add_failure(index, item)
                     else:
-                        height, width = (item.height, item.width) if isinstance(item, DeviceJpeg) else item.shape[:2]
-                        ready = batcher.add(index, names[index], item, height, width)
+                        if isinstance(item, DeviceJpeg):
+                            height, width, nbytes = item.height, item.width, len(item.data)
+                        else:
+                            (height, width), nbytes = item.shape[:2], item.nbytes
+                        ready = batcher.add(index, names[index], item, height, width, nbytes)
                     if not hand_on(ready):
                         return
                 if not hand_on(batcher.drain()):
