@@ -216,18 +216,16 @@ def test_cap_keeps_the_best_fused_boxes_per_image():
     assert np.all(np.diff(full.scores) <= 0)
 
 
-def test_an_exit_inside_ensemble_boxes_becomes_an_error(monkeypatch):
-    """ensemble-boxes calls exit() on inputs it rejects; a worker process must not end because of it."""
-    import numpy as np
-    import pytest
-
+def test_an_exit_inside_ensemble_boxes_becomes_an_error(capsys):
+    """ensemble-boxes calls exit() on inputs it rejects; a worker process must not end because of it. The
+    settings check refuses an unknown conf_type first, so the real library's exit is reached here only by
+    building the settings unchecked."""
     from clothret.detection import fusion
-    from clothret.detection.types import Detections
 
-    def exits(*args, **kwargs):
-        exit()
-
-    monkeypatch.setattr(fusion, "weighted_boxes_fusion", exits)
+    unchecked = FusionConfig.model_construct(**{**FusionConfig().model_dump(), "conf_type": "bogus"})
     dets = Detections(np.array([[10, 10, 50, 60]]), np.array([0.9]), np.array([3]))
-    with pytest.raises(RuntimeError, match="ensemble-boxes rejected"):
-        fusion.fuse_detections([dets], image_size=(100, 100))
+    with pytest.raises(RuntimeError, match="ensemble-boxes rejected the fusion inputs \\(conf_type 'bogus'\\)"):
+        fusion.fuse_detections([dets], image_size=(100, 100), config=unchecked)
+    assert "Unknown conf_type: bogus" in capsys.readouterr().out  # what ensemble-boxes printed before exit()
+    with pytest.raises(ValidationError, match="unknown conf_type 'bogus'"):
+        FusionConfig(conf_type="bogus")
