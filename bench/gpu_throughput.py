@@ -41,6 +41,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads slow torch on a shared CPU
@@ -64,7 +65,7 @@ from clothret.embedding.model import Embedder, EmbeddingNet  # noqa: E402
 from clothret.models import LoadedModels  # noqa: E402
 from clothret.pipeline.decode import decode_on_device, decode_on_host, for_device  # noqa: E402
 from clothret.pipeline.engine import prepare_models  # noqa: E402
-from clothret.pipeline.engine_config import EngineConfig  # noqa: E402
+from clothret.pipeline.engine_config import EngineConfig, engine_config_from  # noqa: E402
 from clothret.pipeline.fusion_pool import auto_processes  # noqa: E402
 from clothret.pipeline.mapper import fuse_images, map_batch  # noqa: E402
 from clothret.pipeline.reader import ImageFailure, iter_images, read_bytes  # noqa: E402
@@ -165,6 +166,12 @@ def timed(device: torch.device, fn: Callable, *args, **kwargs) -> tuple[object, 
     out = fn(*args, **kwargs)
     _sync(device)
     return out, time.perf_counter() - start
+
+
+def time_detector(detector: TorchvisionDetector, batches: list[list[torch.Tensor]], dtype) -> tuple[list, float]:
+    """One warm-up batch, then every batch through ``detect_resident``: the detections per batch, seconds."""
+    detector.detect_resident(batches[0], autocast_dtype=dtype)
+    return timed(detector.device, lambda: [detector.detect_resident(b, autocast_dtype=dtype) for b in batches])
 
 
 def old_path(entries: list, models: LoadedModels, batch_size: int) -> int:
@@ -268,23 +275,33 @@ def parse_variants(text: str, base: EngineConfig) -> list[tuple[str, EngineConfi
     """``'a=1,b=x;c=true'`` -> named engine settings: the run's own with each variant's overrides (validated)."""
     variants = []
     for spec in filter(None, (part.strip() for part in text.split(";"))):
-        overrides = {}
-        for item in filter(None, (kv.strip() for kv in spec.split(","))):
-            key, sep, value = item.partition("=")
-            if not sep or key not in EngineConfig.model_fields:
-                raise SystemExit(f"--variants: {item!r} is not setting=value with a setting of "
-                                 f"{sorted(EngineConfig.model_fields)}")
-            overrides[key] = value
         try:
-            settings = EngineConfig.model_validate({**base.model_dump(), **overrides})
+            settings = engine_config_from(filter(None, (kv.strip() for kv in spec.split(","))), base=base,
+                                          option="--variants")
         except ValueError as exc:
-            raise SystemExit(f"--variants: {spec!r}: {exc}") from None
+            raise SystemExit(f"--variants: {spec!r}: {exc}\nsettings: {sorted(EngineConfig.model_fields)}") from None
         variants.append((spec, settings))
     return variants
 
 
-def end_to_end(entries: list, warm: list, models: LoadedModels, engine: EngineConfig, device: torch.device) -> dict:
-    """Images/s and peak memory of :func:`run_segment` under ``engine`` (after a warm-up run)."""
+@dataclass
+class EndToEnd:
+    """One timed :func:`run_segment` over every image (after a warm-up run)."""
+
+    result: object  # the SegmentResult
+    seconds: float
+    peak_gb: float
+    warm_up_s: float
+
+    def summary(self) -> dict:
+        return {"e2e_images_per_s": round(len(self.result.image_ids) / self.seconds, 2),
+                "peak_gpu_memory_gb": round(self.peak_gb, 2), "warm_up_s": round(self.warm_up_s, 1),
+                "failed": self.result.n_failed}
+
+
+def end_to_end(entries: list, warm: list, models: LoadedModels, engine: EngineConfig, device: torch.device
+               ) -> EndToEnd:
+    """:func:`run_segment` under ``engine``, warmed up (cuDNN, allocator, compilation), timed, its peak memory."""
     torch.backends.cudnn.benchmark = engine.cudnn_benchmark
     for det in models.detectors:
         det.batch_size = engine.batch_size
@@ -295,8 +312,7 @@ def end_to_end(entries: list, warm: list, models: LoadedModels, engine: EngineCo
         torch.cuda.reset_peak_memory_stats(device)
     result, seconds = timed(device, run_segment, entries, models, engine=engine)
     peak_gb = torch.cuda.max_memory_reserved(device) / 1e9 if device.type == "cuda" else 0.0
-    return {"e2e_images_per_s": round(len(entries) / seconds, 2), "peak_gpu_memory_gb": round(peak_gb, 2),
-            "warm_up_s": round(warm_s, 1), "failed": result.n_failed}
+    return EndToEnd(result, seconds, peak_gb, warm_s)
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -369,13 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("set-up: %d JPEGs %dx%d and %d detectors + 1 embedder built in %.1f s on %s", n_images,
                 *sizes["image_size"], len(models.detectors), time.perf_counter() - t0, device_name)
 
-    # ---- end to end, new path (warm-up first: cuDNN, allocator, compilation)
+    # ---- end to end, new path
     warm = entries[: 2 * args.batch_size]
-    run_segment(warm, models, engine=engine)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    result, e2e_s = timed(device, run_segment, entries, models, engine=engine)
-    peak_gb = torch.cuda.max_memory_reserved(device) / 1e9 if device.type == "cuda" else 0.0
+    run = end_to_end(entries, warm, models, engine, device)
+    result, e2e_s, peak_gb = run.result, run.seconds, run.peak_gb
     e2e = n_images / e2e_s
     logger.info("engine: %d images in %.2f s, %d boxes, %d failed", n_images, e2e_s, len(result.boxes), result.n_failed)
 
@@ -386,8 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     per_detector = []
     all_s = 0.0
     for det in models.detectors:
-        det.detect_resident(batches[0], autocast_dtype=dtype)
-        dets, seconds = timed(device, lambda d=det: [d.detect_resident(b, autocast_dtype=dtype) for b in batches])
+        dets, seconds = time_detector(det, batches, dtype)
         per_detector.append(dets)
         stage[f"detect {det.name}"] = n_images / seconds
         all_s += seconds
@@ -396,9 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         unfolded_s = 0.0
         for det in models.detectors:
             det.configure(channels_last=engine.channels_last, compile=engine.compile, fold_norms=False)
-            det.detect_resident(batches[0], autocast_dtype=dtype)
-            _, seconds = timed(device, lambda d=det: [d.detect_resident(b, autocast_dtype=dtype) for b in batches])
-            unfolded_s += seconds
+            unfolded_s += time_detector(det, batches, dtype)[1]
             det.configure(channels_last=engine.channels_last, compile=engine.compile, fold_norms=True)
         stage["detect, all detectors, norms not folded"] = n_images / unfolded_s
     profiles = profile_detectors(models, batches, dtype, out) if args.profile else {}
@@ -444,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- end to end under other settings (same images and models)
     variant_results: dict[str, dict] = {}
     for name, settings in variants:
-        variant_results[name] = end_to_end(entries, warm, models, settings, device)
+        variant_results[name] = end_to_end(entries, warm, models, settings, device).summary()
         logger.info("variant %s: %s", name, json.dumps(variant_results[name]))
     torch.backends.cudnn.benchmark = engine.cudnn_benchmark
 

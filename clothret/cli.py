@@ -321,15 +321,9 @@ def _add_engine_argument(p: argparse.ArgumentParser) -> None:
 
 def _engine_config(args: argparse.Namespace):
     """The ``--engine SETTING=VALUE`` options as an EngineConfig (a bad setting or value names itself)."""
-    from clothret.pipeline.engine_config import EngineConfig
+    from clothret.pipeline.engine_config import engine_config_from
 
-    settings = {}
-    for item in args.engine:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--engine {item!r}: expected SETTING=VALUE, e.g. --engine batch_size=32")
-        settings[key.strip()] = value.strip()
-    return EngineConfig.model_validate(settings)
+    return engine_config_from(args.engine)
 
 
 def _postprocess_options(args: argparse.Namespace):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -189,6 +190,31 @@ def fold_forward_features(backbone: nn.Module) -> tuple[nn.Module, int]:
     return FoldedFeatures(folded, int(getattr(backbone, "num_features", 0))), count
 
 
+@dataclass(frozen=True)
+class CopySettings:
+    """How an inference copy runs: channels-last weights, a ``torch.compile`` mode (or ``"off"``), folded norms."""
+
+    channels_last: bool = False
+    compile: str = "off"
+    fold_norms: bool = True
+
+
+@dataclass(frozen=True)
+class MadeFrom:
+    """What an inference copy was made from: its settings and the module's :func:`weights_version` then."""
+
+    settings: CopySettings
+    version: int
+
+    @classmethod
+    def now(cls, settings: CopySettings, module: nn.Module) -> MadeFrom:
+        return cls(settings, weights_version(module))
+
+    def still(self, settings: CopySettings, module: nn.Module) -> bool:
+        """The copy is still right for ``settings`` and ``module``'s current weights."""
+        return settings == self.settings and self.version == weights_version(module)
+
+
 def weights_version(module: nn.Module) -> int:
     """A number that changes whenever a parameter or buffer of ``module`` is written in place or replaced
     (``load_state_dict``, an optimiser step): tells whether an inference copy is out of date. Tensors made
@@ -204,8 +230,10 @@ def weights_version(module: nn.Module) -> int:
 
 
 __all__ = [
+    "CopySettings",
     "FoldedFeatures",
     "InferenceGroupNorm",
+    "MadeFrom",
     "fold_batch_norms",
     "fold_forward_features",
     "group_norm_channels_last",

@@ -436,10 +436,12 @@ class DenseParts:
 
 def _inference_backbone(backbone: nn.Module) -> nn.Module:
     """A copy of a backbone with an FPN: the trunk (``body``) folded; the FPN's forward is not traceable."""
-    new = copy.deepcopy(backbone).eval()
-    if hasattr(new, "body"):
-        new.body, folded = fold_batch_norms(new.body)
+    memo = {}
+    if hasattr(backbone, "body"):
+        body, folded = fold_batch_norms(backbone.body)  # a copy already
+        memo[id(backbone.body)] = body
         logger.debug("%d batch norms folded into the trunk's convolutions", folded)
+    new = copy.deepcopy(backbone, memo).eval()  # the rest copied, the folded trunk put in
     inference_group_norms(new)
     return new
 

@@ -36,7 +36,7 @@ from clothret.datasets.records import NUM_CATEGORIES
 from clothret.detection import batched
 from clothret.detection.batched import AnchorCache, DenseParts
 from clothret.detection.types import Detections
-from clothret.inference_copy import weights_version
+from clothret.inference_copy import CopySettings, MadeFrom
 from clothret.weights import load_weights, save_weights
 
 logger = logging.getLogger(__name__)
@@ -444,8 +444,7 @@ class TorchvisionDetector:
         self.model = model.to(self.device).eval()
         self._anchors = AnchorCache()
         self._parts: DenseParts | None = None
-        self._layout: tuple[bool, str, bool] = (False, "off", True)
-        self._parts_version: int | None = None
+        self._made: MadeFrom | None = None  # what the parts were made from
 
     def configure(self, *, channels_last: bool = False, compile: str = "off", fold_norms: bool = True) -> None:
         """How :meth:`detect_resident` runs the network: weights in ``channels_last`` memory format, the
@@ -453,17 +452,19 @@ class TorchvisionDetector:
         ``"reduce-overhead"``, or ``"off"``), and with ``fold_norms`` on an inference copy whose batch norms
         are folded into the convolutions (:mod:`clothret.inference_copy`). Calling it again with the same
         settings does nothing unless the model's weights changed since."""
-        settings = (channels_last, compile, fold_norms)
-        if settings == self._layout and self._parts is not None and self._parts_version == weights_version(self.model):
+        self._configure(CopySettings(channels_last, compile, fold_norms))
+
+    def _configure(self, settings: CopySettings) -> None:
+        if self._made is not None and self._made.still(settings, self.model):
             return
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
         self.model.to(memory_format=fmt)
+        compile = settings.compile
         wrap = (lambda m: m) if compile == "off" else (lambda m: torch.compile(m, mode=compile, dynamic=False))
-        self._parts = DenseParts.of(self.model, wrap, fold_norms=fold_norms, memory_format=fmt)
+        self._parts = DenseParts.of(self.model, wrap, fold_norms=settings.fold_norms, memory_format=fmt)
         if compile != "off":
             logger.info("detector %s: backbone and heads compiled (mode %s)", self.name, compile)
-        self._layout = settings
-        self._parts_version = weights_version(self.model)
+        self._made = MadeFrom.now(settings, self.model)
 
     @classmethod
     def from_weights(cls, weights_url: str, *, name: str | None = None, device: str = "cpu") -> TorchvisionDetector:
@@ -508,14 +509,14 @@ class TorchvisionDetector:
         if not images:
             return []
         self.model.eval()
-        channels_last, compile, fold_norms = self._layout
-        self.configure(channels_last=channels_last, compile=compile, fold_norms=fold_norms)
+        settings = self._made.settings if self._made is not None else CopySettings()
+        self._configure(settings)  # the same settings: remade only if the weights changed
         out: list[Detections] = []
         for start in range(0, len(images), self.batch_size):
             found = batched.detect_resident(
                 self.model, images[start : start + self.batch_size], anchors=self._anchors, parts=self._parts,
-                autocast_dtype=autocast_dtype, channels_last=channels_last,
-                pad_to=self.batch_size if compile != "off" else None,  # one batch shape per image size
+                autocast_dtype=autocast_dtype, channels_last=settings.channels_last,
+                pad_to=self.batch_size if settings.compile != "off" else None,  # one batch shape per image size
             )
             out.extend(_to_detections(found.to_host(), self.config))
         return out

@@ -22,7 +22,7 @@ from torch import nn
 
 from clothret.embedding.config import EmbedderConfig
 from clothret.embedding.pooling import create_descriptor
-from clothret.inference_copy import fold_forward_features, inference_group_norms, weights_version
+from clothret.inference_copy import CopySettings, MadeFrom, fold_forward_features, inference_group_norms
 from clothret.weights import load_weights, save_weights
 
 logger = logging.getLogger(__name__)
@@ -108,29 +108,30 @@ class Embedder:
         self.batch_size = batch_size
         self.name = name or f"{net.config.backbone}-{net.config.descriptors}-{net.config.dim}"
         self._forward: nn.Module = self.net
-        self._layout: tuple[bool, str, bool] = (False, "off", True)
-        self._forward_version: int | None = None
+        self._made: MadeFrom | None = None  # what ``_forward`` was made from
 
     def configure(self, *, channels_last: bool = False, compile: str = "off", fold_norms: bool = True) -> None:
         """How :meth:`embed_pixels` runs the network: weights in ``channels_last`` memory format,
         ``torch.compile`` in the given mode (``"off"``: eager), and with ``fold_norms`` on an inference copy
         whose batch norms are folded into the convolutions (:mod:`clothret.inference_copy`). Calling it again
         with the same settings does nothing unless the network's weights changed since."""
-        settings = (channels_last, compile, fold_norms)
-        if settings == self._layout and self._forward_version == weights_version(self.net):
+        self._configure(CopySettings(channels_last, compile, fold_norms))
+
+    def _configure(self, settings: CopySettings) -> None:
+        if self._made is not None and self._made.still(settings, self.net):
             return
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
         self.net.to(memory_format=fmt)
         forward: nn.Module = self.net
-        if fold_norms:
+        if settings.fold_norms:
             backbone, folded = fold_forward_features(self.net.backbone)
             inference_group_norms(backbone)
             forward = copy.deepcopy(self.net, {id(self.net.backbone): backbone})  # the copy gets the folded one
             forward.to(memory_format=fmt)
             logger.debug("embedder %s: %d batch norms folded", self.name, folded)
-        self._forward = forward if compile == "off" else torch.compile(forward, mode=compile, dynamic=False)
-        self._layout = settings
-        self._forward_version = weights_version(self.net)
+        compiled = settings.compile != "off"
+        self._forward = torch.compile(forward, mode=settings.compile, dynamic=False) if compiled else forward
+        self._made = MadeFrom.now(settings, self.net)
 
     @property
     def config(self) -> EmbedderConfig:
@@ -162,8 +163,9 @@ class Embedder:
             return out
         mean = torch.tensor(self.config.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
         std = torch.tensor(self.config.std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
-        self.configure(channels_last=self._layout[0], compile=self._layout[1], fold_norms=self._layout[2])
-        channels_last, compiled = self._layout[0], self._layout[1] != "off"
+        settings = self._made.settings if self._made is not None else CopySettings()
+        self._configure(settings)  # the same settings: remade only if the weights changed
+        channels_last, compiled = settings.channels_last, settings.compile != "off"
         with torch.inference_mode(), torch.autocast(
             pixels.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
         ):

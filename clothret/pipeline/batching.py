@@ -27,6 +27,7 @@ class RawBatch(Generic[Item]):
     names: list[str] = field(default_factory=list)
     items: list[Item] = field(default_factory=list)
     failures: list[tuple[int, object]] = field(default_factory=list)
+    nbytes: int = 0  # the memory its items hold
 
 
 def aspect_group(height: int, width: int) -> int:
@@ -46,7 +47,6 @@ class ShapeBatcher(Generic[Item]):
             raise ValueError(f"need 1 <= batch_size <= window, got batch_size={batch_size}, window={window}")
         self.batch_size, self.window, self.by_shape, self.max_bytes = batch_size, window, by_shape, max_bytes
         self._open: dict[int, RawBatch[Item]] = {}
-        self._sizes: dict[int, int] = {}  # bytes held per open batch
         self._failures: list[tuple[int, object]] = []
         self._held = 0
         self._held_bytes = 0
@@ -59,7 +59,7 @@ class ShapeBatcher(Generic[Item]):
         batch.indices.append(index)
         batch.names.append(name)
         batch.items.append(item)
-        self._sizes[key] = self._sizes.get(key, 0) + nbytes
+        batch.nbytes += nbytes
         self._held += 1
         self._held_bytes += nbytes
         if len(batch.items) >= self.batch_size:
@@ -85,7 +85,7 @@ class ShapeBatcher(Generic[Item]):
     def _hand_on(self, key: int) -> RawBatch[Item]:
         batch = self._open.pop(key)
         self._held -= len(batch.items)
-        self._held_bytes -= self._sizes.pop(key, 0)
+        self._held_bytes -= batch.nbytes
         batch.failures, self._failures = self._failures, []
         return batch
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -81,4 +82,17 @@ class EngineConfig(BaseModel):
         return torch.bfloat16
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Autocast", "CompileMode", "EngineConfig"]
+def engine_config_from(pairs: Iterable[str], *, base: EngineConfig | None = None, option: str = "--engine"
+                       ) -> EngineConfig:
+    """An :class:`EngineConfig` from ``SETTING=VALUE`` strings over ``base``'s settings: an item without ``=``
+    is a ValueError naming ``option``; unknown settings and bad values are pydantic's errors naming them."""
+    settings = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{option} {item!r}: expected SETTING=VALUE, e.g. {option} batch_size=32")
+        settings[key.strip()] = value.strip()
+    return EngineConfig.model_validate({**(base.model_dump() if base is not None else {}), **settings})
+
+
+__all__ = ["DEFAULT_BATCH_SIZE", "Autocast", "CompileMode", "EngineConfig", "engine_config_from"]
