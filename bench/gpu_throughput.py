@@ -12,7 +12,9 @@ measures on the same images:
   on one thread, crops cut on the device, the embedder on those crops;
 - the ceilings: the same networks as torchvision and timm run them, on device-resident float tensors, in
   float32 and under bf16 autocast (the embedder also channels-last), and the ratios to them;
-- with norm folding on (the default), the detectors once more with their batch norms unfolded;
+- with norm folding on (the default), the detectors once more with their batch norms unfolded, and with
+  convolution fusion on (the default) once more with each convolution's bias, ReLU and residual add as
+  kernels of their own;
 - ``--profile``: torch.profiler over two batches of each detector: wall time, time the device was busy, the
   costliest operators (full tables in ``DIR/profile_<name>.txt``);
 - ``--mixed-orientation``: every other image portrait, as in a real catalogue (try it with
@@ -344,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="profile two batches of each detector (DIR/profile_<name>.txt, a table row each)")
     parser.add_argument("--no-fold-norms", action="store_true", help="run the networks with their batch norms")
+    parser.add_argument("--no-fuse-convs", action="store_true",
+                        help="run each convolution's bias, ReLU and residual add as separate kernels")
     parser.add_argument(
         "--variants", default="",
         help="end to end again under other engine settings, ';'-separated, each a ','-separated list of "
@@ -374,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         compile=args.compile, concurrent_detectors=args.concurrent_detectors, fusion_processes=args.fusion_processes,
         decode_on_device=not args.no_device_decode, channels_last=not args.no_channels_last,
         cudnn_benchmark=args.cudnn_benchmark, fold_norms=not args.no_fold_norms,
+        fuse_convs=not args.no_fuse_convs,
     )
     variants = parse_variants(args.variants, engine)
     dtype = engine.autocast_dtype(device)
@@ -404,13 +409,20 @@ def main(argv: list[str] | None = None) -> int:
         stage[f"detect {det.name}"] = n_images / seconds
         all_s += seconds
     stage["detect, all detectors"] = n_images / all_s
-    if engine.fold_norms:  # the same detectors on their own weights, norms not folded: what folding gains
-        unfolded_s = 0.0
+    def all_detectors_per_s(**overrides) -> float:  # the detectors under other copy settings, then restored
+        seconds = 0.0
         for det in models.detectors:
-            det.configure(channels_last=engine.channels_last, compile=engine.compile, fold_norms=False)
-            unfolded_s += time_detector(det, batches, dtype)[1]
-            det.configure(channels_last=engine.channels_last, compile=engine.compile, fold_norms=True)
-        stage["detect, all detectors, norms not folded"] = n_images / unfolded_s
+            det.configure(**{**copy_settings, **overrides})
+            seconds += time_detector(det, batches, dtype)[1]
+            det.configure(**copy_settings)
+        return n_images / seconds
+
+    copy_settings = {"channels_last": engine.channels_last, "compile": engine.compile,
+                     "fold_norms": engine.fold_norms, "fuse_convs": engine.fuse_convs}
+    if engine.fold_norms and engine.fuse_convs:  # what fusing the convolutions gains
+        stage["detect, all detectors, convs not fused"] = all_detectors_per_s(fuse_convs=False)
+    if engine.fold_norms:  # the same detectors on their own weights, norms not folded: what folding gains
+        stage["detect, all detectors, norms not folded"] = all_detectors_per_s(fold_norms=False)
     profiles = profile_detectors(models, batches, dtype, out) if args.profile else {}
     sizes_wh = [[(int(i.shape[2]), int(i.shape[1])) for i in b] for b in batches]
     fused, fuse_s = timed(device, lambda: [

@@ -11,10 +11,12 @@ A network in eval mode does work at inference that its weights could have done o
   and layout instead (statistics still accumulated in float32), which only moves the rounding to
   bf16/fp16 that the next convolution applied anyway.
 
-:func:`inference_copy` does both on a deep copy; the original model is left as it was (training,
-checkpoints and torchvision's own forward keep using it). Folding follows the traced data flow
-(``torch.fx``), so it only folds a norm whose input is a convolution's output used nowhere else; a
-module that cannot be traced is copied unfolded (a debug log line says why).
+:func:`make_inference_copy` does both on a deep copy, and fuses each convolution with the bias, ReLU and
+residual add after it (:mod:`clothret.fused_convs`); the original model is left as it was (training,
+checkpoints and torchvision's own forward keep using it). Folding and fusing follow the traced data flow
+(``torch.fx``), so they only touch a convolution whose output goes nowhere else; a module that cannot be
+traced (a detector head looping over its feature levels) is copied unfolded, its ``nn.Sequential`` towers
+fused pair by pair (a debug log line says why).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from clothret.fused_convs import fuse_graph_convs, fuse_sequential_convs
+
 logger = logging.getLogger(__name__)
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -36,8 +40,9 @@ _FOLDABLE_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
 
 def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                             eps: float) -> torch.Tensor:
-    """``F.group_norm`` of a channels-last (N, C, H, W) tensor without leaving its layout or dtype.
+                             eps: float, input_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.group_norm`` of a channels-last (N, C, H, W) tensor (plus ``input_bias`` per channel, e.g. the bias
+    of the convolution before) without leaving its layout or dtype.
 
     Two passes over ``x``: each channel's mean and variance over the pixels (a reduction along the outer
     dimension of the (N, H*W, C) storage, accumulated in float32), then one multiply-add; a group's
@@ -48,11 +53,17 @@ def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor 
     pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view of a channels-last x
     channel_var, channel_mean = torch.var_mean(pixels, dim=1, correction=0)  # (n, c)
     channel_var = channel_var.float().view(n, groups, c // groups)
-    channel_mean = channel_mean.float().view(n, groups, c // groups)
+    channel_mean = channel_mean.float()
+    if input_bias is not None:  # x + b: each channel's mean moves by its b, the variances stay
+        channel_mean = channel_mean + input_bias.float()
+    channel_mean = channel_mean.view(n, groups, c // groups)
     mean = channel_mean.mean(dim=2, keepdim=True)
     var = channel_var.mean(dim=2, keepdim=True) + (channel_mean - mean).square().mean(dim=2, keepdim=True)
     scale = (var + eps).rsqrt().expand(n, groups, c // groups).reshape(n, c)
-    shift = -mean.expand(n, groups, c // groups).reshape(n, c) * scale
+    shift = -mean.expand(n, groups, c // groups).reshape(n, c)
+    if input_bias is not None:
+        shift = shift + input_bias.float()
+    shift = shift * scale
     if weight is not None:
         scale, shift = scale * weight.float(), shift * weight.float()
     if bias is not None:
@@ -67,13 +78,23 @@ def _channels_last(x: torch.Tensor) -> bool:
 
 class InferenceGroupNorm(nn.GroupNorm):
     """``GroupNorm`` that keeps a bf16/fp16 input in its precision under autocast (float32 statistics) and,
-    on CUDA, a channels-last input in its layout (:func:`group_norm_channels_last`)."""
+    on CUDA, a channels-last input in its layout (:func:`group_norm_channels_last`). ``input_bias``, when
+    set, is added to the input per channel first: the bias of the convolution before, taken over by the
+    norm's statistics at no cost on that path (:func:`conv_biases_into_group_norms`)."""
+
+    input_bias: torch.Tensor | None
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("input_bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low = x.dtype in _LOW_PRECISION and torch.is_autocast_enabled(x.device.type)
         if x.is_cuda and _channels_last(x) and (low or x.dtype == torch.float32):
             with torch.autocast(x.device.type, enabled=False):
-                return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps)
+                return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps, self.input_bias)
+        if self.input_bias is not None:
+            x = x + self.input_bias.to(x.dtype).view(1, -1, 1, 1)
         if not low:
             return super().forward(x)
         weight = None if self.weight is None else self.weight.to(x.dtype)
@@ -97,6 +118,25 @@ def inference_group_norms(module: nn.Module) -> int:
                 setattr(parent, name, InferenceGroupNorm.of(child))
                 count += 1
     return count
+
+
+def conv_biases_into_group_norms(module: nn.Module) -> int:
+    """Move, in place, the bias of each plain Conv2d followed by an :class:`InferenceGroupNorm` in an
+    ``nn.Sequential`` (FCOS's head towers) into the norm's ``input_bias``: one pass over the activation fewer
+    for each; the number moved. Traced graphs are left alone (their nodes, not their containers, run)."""
+    moved = 0
+    inside_graph = {id(m) for g in module.modules() if isinstance(g, fx.GraphModule) for m in g.modules()}
+    for parent in module.modules():
+        if id(parent) in inside_graph or type(parent).forward is not nn.Sequential.forward:
+            continue
+        children = list(parent.children())
+        for conv, norm in zip(children, children[1:]):
+            if type(conv) is nn.Conv2d and conv.bias is not None and type(norm) is InferenceGroupNorm \
+                    and norm.input_bias is None and norm.num_channels == conv.out_channels:
+                norm.input_bias = conv.bias.detach().clone()
+                conv.bias = None
+                moved += 1
+    return moved
 
 
 class _NormsAsLeaves(fx.Tracer):
@@ -123,18 +163,19 @@ def _foldable(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     )
 
 
-def fold_batch_norms(module: nn.Module) -> tuple[nn.Module, int]:
-    """A copy of ``module`` (eval mode) with each foldable BatchNorm2d folded into its convolution.
-
-    Returns the copy (a ``torch.fx.GraphModule`` when anything was folded) and the number of norms folded.
-    A module whose ``forward`` cannot be traced is returned as a plain copy, with 0.
-    """
+def _traced_copy(module: nn.Module) -> fx.GraphModule | None:
+    """A traced (``torch.fx``) eval-mode copy of ``module``, its foldable norms kept whole; ``None`` when its
+    forward cannot be traced."""
     source = copy.deepcopy(module).eval()
     try:
-        graph_module = fx.GraphModule(source, _NormsAsLeaves().trace(source))
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means "leave it unfolded"
-        logger.debug("%s: batch norms not folded (cannot trace its forward: %s)", type(module).__name__, exc)
-        return source, 0
+        return fx.GraphModule(source, _NormsAsLeaves().trace(source))
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means "not a graph"
+        logger.debug("%s: not traceable (%s): norms not folded", type(module).__name__, exc)
+        return None
+
+
+def _fold(graph_module: fx.GraphModule) -> int:
+    """Fold, in place, each foldable BatchNorm2d of a traced graph into its convolution; the number folded."""
     modules = dict(graph_module.named_modules())
     folded = 0
     for node in list(graph_module.graph.nodes):
@@ -148,12 +189,41 @@ def fold_batch_norms(module: nn.Module) -> tuple[nn.Module, int]:
         node.replace_all_uses_with(conv_node)
         graph_module.graph.erase_node(node)
         folded += 1
-    if not folded:
-        return source, 0
-    graph_module.graph.lint()
-    graph_module.delete_all_unused_submodules()
-    graph_module.recompile()
-    return graph_module, folded
+    if folded:
+        graph_module.graph.lint()
+        graph_module.delete_all_unused_submodules()
+        graph_module.recompile()
+    return folded
+
+
+def fold_batch_norms(module: nn.Module) -> tuple[nn.Module, int]:
+    """A copy of ``module`` (eval mode) with each foldable BatchNorm2d folded into its convolution.
+
+    Returns the copy (a ``torch.fx.GraphModule`` when anything was folded) and the number of norms folded.
+    A module whose ``forward`` cannot be traced is returned as a plain copy, with 0.
+    """
+    graph_module = _traced_copy(module)
+    folded = _fold(graph_module) if graph_module is not None else 0
+    return (graph_module, folded) if folded else (copy.deepcopy(module).eval(), 0)
+
+
+def make_inference_copy(module: nn.Module, *, fuse_convs: bool = True) -> nn.Module:
+    """An eval-mode copy of ``module`` for inference: batch norms folded (:func:`fold_batch_norms`), GroupNorms
+    made :class:`InferenceGroupNorm`, and with ``fuse_convs`` each convolution's ReLU and residual add fused
+    into it (:mod:`clothret.fused_convs`): through the traced graph where ``forward`` can be traced, else in
+    the (Conv2d, ReLU) pairs of its ``nn.Sequential`` towers."""
+    graph_module = _traced_copy(module)
+    if graph_module is None:
+        new = copy.deepcopy(module).eval()
+        inference_group_norms(new)
+        fused = (fuse_sequential_convs(new) + conv_biases_into_group_norms(new)) if fuse_convs else 0
+        logger.debug("%s: untraced copy, %d convolutions fused with what follows", type(module).__name__, fused)
+        return new
+    folded = _fold(graph_module)
+    inference_group_norms(graph_module)
+    fused = fuse_graph_convs(graph_module) if fuse_convs else 0
+    logger.debug("%s: %d batch norms folded, %d convolutions fused", type(module).__name__, folded, fused)
+    return graph_module
 
 
 class _ForwardFeatures(nn.Module):
@@ -182,21 +252,21 @@ class FoldedFeatures(nn.Module):
         return self.features(x)
 
 
-def fold_forward_features(backbone: nn.Module) -> tuple[nn.Module, int]:
-    """:func:`fold_batch_norms` for a timm backbone used through ``forward_features``."""
-    folded, count = fold_batch_norms(_ForwardFeatures(backbone))
-    if not count:
-        return copy.deepcopy(backbone).eval(), 0
-    return FoldedFeatures(folded, int(getattr(backbone, "num_features", 0))), count
+def inference_forward_features(backbone: nn.Module, *, fuse_convs: bool = True) -> nn.Module:
+    """:func:`make_inference_copy` of a timm backbone used through ``forward_features``."""
+    features = make_inference_copy(_ForwardFeatures(backbone), fuse_convs=fuse_convs)
+    return FoldedFeatures(features, int(getattr(backbone, "num_features", 0)))
 
 
 @dataclass(frozen=True)
 class CopySettings:
-    """How an inference copy runs: channels-last weights, a ``torch.compile`` mode (or ``"off"``), folded norms."""
+    """How an inference copy runs: channels-last weights, a ``torch.compile`` mode (or ``"off"``), folded norms,
+    convolutions fused with their ReLU and residual add (with ``fold_norms``)."""
 
     channels_last: bool = False
     compile: str = "off"
     fold_norms: bool = True
+    fuse_convs: bool = True
 
 
 @dataclass(frozen=True)
@@ -234,9 +304,11 @@ __all__ = [
     "FoldedFeatures",
     "InferenceGroupNorm",
     "MadeFrom",
+    "conv_biases_into_group_norms",
     "fold_batch_norms",
-    "fold_forward_features",
+    "inference_forward_features",
     "group_norm_channels_last",
     "inference_group_norms",
+    "make_inference_copy",
     "weights_version",
 ]

@@ -101,8 +101,8 @@ def test_float32_on_the_gpu_gives_the_cpus_outputs(cpu_models, gpu_models, entri
 @pytest.mark.parametrize(
     "settings",
     [{}, {"concurrent_detectors": True}, {"fusion_processes": 2}, {"autocast": "fp16"}, {"batches_in_flight": 1},
-     {"fold_norms": False}],
-    ids=["default", "streams", "fusion-processes", "fp16", "one-in-flight", "norms-not-folded"],
+     {"fold_norms": False}, {"fuse_convs": False}],
+    ids=["default", "streams", "fusion-processes", "fp16", "one-in-flight", "norms-not-folded", "convs-not-fused"],
 )
 def test_default_gpu_engine_is_close_to_the_cpu(cpu_models, gpu_models, entries, settings):
     """bf16/fp16, nvJPEG and channels-last move scores a little: most boxes and their features stay."""
@@ -149,3 +149,32 @@ def test_group_norm_stays_in_bf16_and_its_layout_under_cuda_autocast(channels_la
     assert want.dtype == torch.float32 and got.dtype == torch.bfloat16
     assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
     torch.testing.assert_close(got.float(), want, rtol=0.02, atol=0.03)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_conv_relu_runs_cudnns_fused_kernel_under_autocast(dtype):
+    """ConvReLU takes cuDNN's fused conv + bias (+ residual) + ReLU kernel on CUDA under autocast and gives
+    what the separate ops give, to the dtype's rounding; in float32 it runs the plain ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from clothret.fused_convs import ConvReLU
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(32, 64, 3, stride=2, padding=1).cuda().to(memory_format=torch.channels_last)
+    fused = ConvReLU(conv)
+    x = torch.randn(4, 32, 40, 56, device="cuda").contiguous(memory_format=torch.channels_last)
+    z = torch.randn(4, 64, 20, 28, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+        want, want_z = torch.relu(conv(x)), torch.relu(conv(x) + z)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            got, got_z = fused(x), fused(x, z)
+    ops = {e.key for e in prof.key_averages()}
+    assert {"aten::cudnn_convolution_relu", "aten::cudnn_convolution_add_relu"} <= ops
+    assert got.dtype == got_z.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    tol = {torch.bfloat16: 0.05, torch.float16: 0.01}[dtype]
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
+    torch.testing.assert_close(got_z.float(), want_z.float(), rtol=tol, atol=tol)
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        plain = fused(x)
+    assert "aten::cudnn_convolution_relu" not in {e.key for e in prof.key_averages()}
+    torch.testing.assert_close(plain, torch.relu(conv(x)))

@@ -31,7 +31,7 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import nms
 
-from clothret.inference_copy import fold_batch_norms, inference_group_norms
+from clothret.inference_copy import inference_group_norms, make_inference_copy
 
 logger = logging.getLogger(__name__)
 
@@ -408,14 +408,16 @@ class DenseParts:
         wrap: Callable[[nn.Module], Callable] = lambda m: m,
         *,
         fold_norms: bool = False,
+        fuse_convs: bool = True,
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> DenseParts:
         """The parts of ``model``, each passed through ``wrap`` (e.g. ``torch.compile``) but Faster R-CNN's box
         head, whose input (the proposals) changes size from batch to batch.
 
         ``fold_norms`` runs inference copies instead (:mod:`clothret.inference_copy`): the trunk's batch
-        norms folded into its convolutions, GroupNorms kept in the autocast dtype, in ``memory_format``.
-        The model itself is not changed.
+        norms folded into its convolutions, GroupNorms kept in the autocast dtype, with ``fuse_convs`` the
+        convolutions' ReLUs and residual adds fused into them, in ``memory_format``. The model itself is not
+        changed.
         """
         if not isinstance(model, (FasterRCNN, FCOS, RetinaNet)):
             raise ValueError(
@@ -424,7 +426,8 @@ class DenseParts:
 
         def part(module: nn.Module, *, trunk: bool = False, wrapped: bool = True) -> Callable:
             if fold_norms:
-                module = _inference_backbone(module) if trunk else _inference_head(module)
+                new = _inference_backbone if trunk else make_inference_copy
+                module = new(module, fuse_convs=fuse_convs)
                 module.to(memory_format=memory_format)
             return wrap(module) if wrapped else module
 
@@ -434,20 +437,13 @@ class DenseParts:
         return cls(part(model.backbone, trunk=True), head=part(model.head))
 
 
-def _inference_backbone(backbone: nn.Module) -> nn.Module:
-    """A copy of a backbone with an FPN: the trunk (``body``) folded; the FPN's forward is not traceable."""
+def _inference_backbone(backbone: nn.Module, *, fuse_convs: bool) -> nn.Module:
+    """An inference copy of a backbone with an FPN: the trunk (``body``) through
+    :func:`~clothret.inference_copy.make_inference_copy`; the FPN's forward is not traceable."""
     memo = {}
     if hasattr(backbone, "body"):
-        body, folded = fold_batch_norms(backbone.body)  # a copy already
-        memo[id(backbone.body)] = body
-        logger.debug("%d batch norms folded into the trunk's convolutions", folded)
-    new = copy.deepcopy(backbone, memo).eval()  # the rest copied, the folded trunk put in
-    inference_group_norms(new)
-    return new
-
-
-def _inference_head(head: nn.Module) -> nn.Module:
-    new, _ = fold_batch_norms(head)
+        memo[id(backbone.body)] = make_inference_copy(backbone.body, fuse_convs=fuse_convs)
+    new = copy.deepcopy(backbone, memo).eval()  # the rest copied, the trunk's copy put in
     inference_group_norms(new)
     return new
 

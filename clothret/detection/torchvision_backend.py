@@ -446,13 +446,15 @@ class TorchvisionDetector:
         self._parts: DenseParts | None = None
         self._made: MadeFrom | None = None  # what the parts were made from
 
-    def configure(self, *, channels_last: bool = False, compile: str = "off", fold_norms: bool = True) -> None:
+    def configure(self, *, channels_last: bool = False, compile: str = "off", fold_norms: bool = True,
+                  fuse_convs: bool = True) -> None:
         """How :meth:`detect_resident` runs the network: weights in ``channels_last`` memory format, the
         backbone and heads through ``torch.compile`` (``compile`` is a mode such as ``"default"`` or
         ``"reduce-overhead"``, or ``"off"``), and with ``fold_norms`` on an inference copy whose batch norms
-        are folded into the convolutions (:mod:`clothret.inference_copy`). Calling it again with the same
-        settings does nothing unless the model's weights changed since."""
-        self._configure(CopySettings(channels_last, compile, fold_norms))
+        are folded into the convolutions and, with ``fuse_convs``, whose convolutions run with their ReLU and
+        residual add in one kernel (:mod:`clothret.inference_copy`). Calling it again with the same settings
+        does nothing unless the model's weights changed since."""
+        self._configure(CopySettings(channels_last, compile, fold_norms, fuse_convs))
 
     def _configure(self, settings: CopySettings) -> None:
         if self._made is not None and self._made.still(settings, self.model):
@@ -461,7 +463,8 @@ class TorchvisionDetector:
         self.model.to(memory_format=fmt)
         compile = settings.compile
         wrap = (lambda m: m) if compile == "off" else (lambda m: torch.compile(m, mode=compile, dynamic=False))
-        self._parts = DenseParts.of(self.model, wrap, fold_norms=settings.fold_norms, memory_format=fmt)
+        self._parts = DenseParts.of(self.model, wrap, fold_norms=settings.fold_norms, fuse_convs=settings.fuse_convs,
+                                    memory_format=fmt)
         if compile != "off":
             logger.info("detector %s: backbone and heads compiled (mode %s)", self.name, compile)
         self._made = MadeFrom.now(settings, self.model)

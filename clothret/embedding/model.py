@@ -22,7 +22,7 @@ from torch import nn
 
 from clothret.embedding.config import EmbedderConfig
 from clothret.embedding.pooling import create_descriptor
-from clothret.inference_copy import CopySettings, MadeFrom, fold_forward_features, inference_group_norms
+from clothret.inference_copy import CopySettings, MadeFrom, inference_forward_features
 from clothret.weights import load_weights, save_weights
 
 logger = logging.getLogger(__name__)
@@ -110,12 +110,14 @@ class Embedder:
         self._forward: nn.Module = self.net
         self._made: MadeFrom | None = None  # what ``_forward`` was made from
 
-    def configure(self, *, channels_last: bool = False, compile: str = "off", fold_norms: bool = True) -> None:
+    def configure(self, *, channels_last: bool = False, compile: str = "off", fold_norms: bool = True,
+                  fuse_convs: bool = True) -> None:
         """How :meth:`embed_pixels` runs the network: weights in ``channels_last`` memory format,
         ``torch.compile`` in the given mode (``"off"``: eager), and with ``fold_norms`` on an inference copy
-        whose batch norms are folded into the convolutions (:mod:`clothret.inference_copy`). Calling it again
+        whose batch norms are folded into the convolutions and, with ``fuse_convs``, whose convolutions run
+        with their ReLU and residual add in one kernel (:mod:`clothret.inference_copy`). Calling it again
         with the same settings does nothing unless the network's weights changed since."""
-        self._configure(CopySettings(channels_last, compile, fold_norms))
+        self._configure(CopySettings(channels_last, compile, fold_norms, fuse_convs))
 
     def _configure(self, settings: CopySettings) -> None:
         if self._made is not None and self._made.still(settings, self.net):
@@ -124,11 +126,9 @@ class Embedder:
         self.net.to(memory_format=fmt)
         forward: nn.Module = self.net
         if settings.fold_norms:
-            backbone, folded = fold_forward_features(self.net.backbone)
-            inference_group_norms(backbone)
+            backbone = inference_forward_features(self.net.backbone, fuse_convs=settings.fuse_convs)
             forward = copy.deepcopy(self.net, {id(self.net.backbone): backbone})  # the copy gets the folded one
             forward.to(memory_format=fmt)
-            logger.debug("embedder %s: %d batch norms folded", self.name, folded)
         compiled = settings.compile != "off"
         self._forward = torch.compile(forward, mode=settings.compile, dynamic=False) if compiled else forward
         self._made = MadeFrom.now(settings, self.net)

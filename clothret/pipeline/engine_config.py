@@ -52,6 +52,10 @@ class EngineConfig(BaseModel):
         True, description="run inference copies of the networks with batch norms folded into their convolutions "
         "and GroupNorm kept in the autocast dtype: the same outputs within float rounding, fewer passes over memory",
     )
+    fuse_convs: bool = Field(
+        True, description="in those inference copies, run each convolution with its bias, ReLU and residual add "
+        "as one cuDNN kernel (CUDA, bf16/fp16): PyTorch otherwise adds a bias in a slow pass of its own",
+    )
     fusion_processes: int | None = Field(
         None, ge=0, le=64,
         description="processes fusing boxes (0: one thread; unset: up to 4 per GPU with CUDA, 0 on the CPU); a "
