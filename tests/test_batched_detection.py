@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
+from clothret.detection import batched
 from clothret.detection.batched import AnchorCache, detect_resident, nms_per_image
 from clothret.detection.torchvision_backend import (
     ARCHITECTURES,
@@ -96,9 +97,13 @@ def _random_boxes(rng, n, size=100.0):
     return torch.tensor(np.concatenate([xy, xy + wh], 1), dtype=torch.float32)
 
 
-@pytest.mark.parametrize("one_call", [False, True], ids=["per-image", "one-call"])
-def test_nms_per_image_is_batched_nms_image_by_image(one_call):
-    """Both ways of grouping: NMS image by image (the CPU's), all images in one call with offsets (CUDA's)."""
+@pytest.mark.parametrize("one_call, per_call", [(False, None), (True, None), (True, 600)],
+                         ids=["per-image", "one-call", "calls-of-600-boxes"])
+def test_nms_per_image_is_batched_nms_image_by_image(one_call, per_call, monkeypatch):
+    """Every way of grouping: NMS image by image (the CPU's), images together in calls with offsets (CUDA's),
+    and in calls of at most ``per_call`` boxes (an image with more gets a call of its own)."""
+    if per_call is not None:
+        monkeypatch.setattr(batched, "NMS_BOXES_PER_CALL", per_call)
     rng = np.random.default_rng(3)
     counts = [0, 500, 37, 1200, 3]
     image_index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
