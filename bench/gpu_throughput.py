@@ -20,7 +20,7 @@ measures on the same images:
 - ``--mixed-orientation``: every other image portrait, as in a real catalogue (try it with
   ``--variants group_by_shape=false`` to see what batching by shape saves);
 - ``--variants``: end to end again under other engine settings, one row each, e.g.
-  ``--variants 'cudnn_benchmark=true;concurrent_detectors=true;batch_size=32;compile=max-autotune-no-cudagraphs'``
+  ``--variants 'cudnn_benchmark=true;concurrent_detectors=false;batch_size=32;compile=max-autotune-no-cudagraphs'``
   (each variant's line goes to the log as soon as it is measured, so a time limit keeps the ones done).
 
 The last line printed is one JSON object (also written to ``DIR/gpu_throughput.json``); the table and the
@@ -307,6 +307,8 @@ def end_to_end(entries: list, warm: list, models: LoadedModels, engine: EngineCo
     torch.backends.cudnn.benchmark = engine.cudnn_benchmark
     for det in models.detectors:
         det.batch_size = engine.batch_size
+    if device.type == "cuda":  # what earlier runs left cached is not this run's memory
+        torch.cuda.empty_cache()
     t0 = time.perf_counter()
     run_segment(warm, models, engine=engine)
     warm_s = time.perf_counter() - t0
@@ -333,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches-in-flight", type=int, default=EngineConfig().batches_in_flight)
     parser.add_argument("--autocast", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--compile", default="off", help="torch.compile mode for the networks (default off)")
-    parser.add_argument("--concurrent-detectors", action="store_true", help="one CUDA stream per detector")
+    parser.add_argument("--no-concurrent-detectors", action="store_true",
+                        help="run the detectors one after the other (default: each on its own CUDA stream)")
     parser.add_argument("--fusion-processes", type=int, default=None,
                         help="fusion worker processes (default: the engine's auto, 0 on the CPU)")
     parser.add_argument("--no-device-decode", action="store_true", help="decode every image with Pillow")
@@ -375,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     device_name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
     engine = EngineConfig(
         batch_size=args.batch_size, batches_in_flight=args.batches_in_flight, autocast=args.autocast,
-        compile=args.compile, concurrent_detectors=args.concurrent_detectors, fusion_processes=args.fusion_processes,
+        compile=args.compile, concurrent_detectors=not args.no_concurrent_detectors, fusion_processes=args.fusion_processes,
         decode_on_device=not args.no_device_decode, channels_last=not args.no_channels_last,
         cudnn_benchmark=args.cudnn_benchmark, fold_norms=not args.no_fold_norms,
         fuse_convs=not args.no_fuse_convs,

@@ -100,9 +100,9 @@ def test_float32_on_the_gpu_gives_the_cpus_outputs(cpu_models, gpu_models, entri
 
 @pytest.mark.parametrize(
     "settings",
-    [{}, {"concurrent_detectors": True}, {"fusion_processes": 2}, {"autocast": "fp16"}, {"batches_in_flight": 1},
+    [{}, {"concurrent_detectors": False}, {"fusion_processes": 2}, {"autocast": "fp16"}, {"batches_in_flight": 1},
      {"fold_norms": False}, {"fuse_convs": False}],
-    ids=["default", "streams", "fusion-processes", "fp16", "one-in-flight", "norms-not-folded", "convs-not-fused"],
+    ids=["default", "one-stream", "fusion-processes", "fp16", "one-in-flight", "norms-not-folded", "convs-not-fused"],
 )
 def test_default_gpu_engine_is_close_to_the_cpu(cpu_models, gpu_models, entries, settings):
     """bf16/fp16, nvJPEG and channels-last move scores a little: most boxes and their features stay."""

@@ -66,7 +66,8 @@ class EngineConfig(BaseModel):
         "pays off when most batches share a shape)",
     )
     concurrent_detectors: bool = Field(
-        False, description="run the detectors of an ensemble at once, each on its own CUDA stream (CUDA only)"
+        True, description="run the detectors of an ensemble at once, each on its own CUDA stream and thread "
+        "(CUDA only): one detector's post-processing on the CPU overlaps another's network on the GPU",
     )
 
     def with_batch_size(self, batch_size: int | None) -> EngineConfig:
