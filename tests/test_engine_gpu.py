@@ -60,24 +60,45 @@ def _matched_cosines(a, b, min_iou: float = 0.5) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def _replicated_chroma(data: bytes) -> np.ndarray:
+    """A JPEG decoded as nvJPEG does, its chroma samples repeated over 2x2 pixels where libjpeg-turbo (Pillow)
+    interpolates them: Pillow's decode, chroma averaged over each 2x2 block and repeated, back to RGB (a 4:2:0
+    JPEG; one without chroma subsampling as Pillow decodes it)."""
+    from PIL import JpegImagePlugin
+
+    picture = Image.open(io.BytesIO(data))
+    if JpegImagePlugin.get_sampling(picture) != 2:
+        return np.asarray(picture.convert("RGB"))
+    ycc = np.asarray(picture.convert("RGB").convert("YCbCr")).astype(np.float64)
+    h, w = ycc.shape[:2]
+    for ch in (1, 2):
+        plane = np.pad(ycc[:, :, ch], ((0, h % 2), (0, w % 2)), mode="edge")
+        blocks = plane.reshape(plane.shape[0] // 2, 2, plane.shape[1] // 2, 2).mean(axis=(1, 3))
+        ycc[:, :, ch] = np.repeat(np.repeat(blocks, 2, axis=0), 2, axis=1)[:h, :w]
+    return np.asarray(Image.fromarray(ycc.round().clip(0, 255).astype(np.uint8), "YCbCr").convert("RGB"))
+
+
 def test_nvjpeg_decodes_like_pillow():
     from clothret.pipeline.decode import decode_on_device, for_device
 
     rng = np.random.default_rng(0)
     coarse = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
-    pictures = [np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC)) for w, h in ((160, 120), (97, 61))]
     data = []
-    for p in pictures:
+    for (w, h), subsampling in (((160, 120), -1), ((97, 61), -1), ((97, 61), 0)):  # 4:2:0, odd sizes, 4:4:4
         buf = io.BytesIO()
-        Image.fromarray(p).save(buf, format="JPEG", quality=92)
+        Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC).save(
+            buf, format="JPEG", quality=92, subsampling=subsampling)
         data.append(buf.getvalue())
     images = decode_on_device([for_device(d) for d in data], torch.device("cuda"))
     for img, d in zip(images, data):
-        pil = np.asarray(Image.open(io.BytesIO(d)).convert("RGB"))
+        pil = np.asarray(Image.open(io.BytesIO(d)).convert("RGB")).astype(int)
         assert img.is_cuda and img.dtype == torch.uint8 and tuple(img.shape) == (3, *pil.shape[:2])
-        # nvJPEG upsamples the chroma planes differently from libjpeg-turbo's "fancy" upsampling: measured a mean
-        # difference of 2.4 levels (of 255) on an H200 for the 160x120 picture; the features stay close (below)
-        assert np.abs(img.permute(1, 2, 0).cpu().numpy().astype(int) - pil).mean() < 3.5
+        # nvJPEG repeats the chroma samples where libjpeg-turbo interpolates them: on an H200 it differed from
+        # Pillow by 2.4 levels (of 255) on the 160x120 picture and 4.3 on the 97x61 one, as much as repeated
+        # chroma does (2.6, 4.3); with no chroma subsampling (4:4:4) only the IDCT's rounding differs. A swapped
+        # channel or a shifted row differs by tens.
+        expected = np.abs(_replicated_chroma(d).astype(int) - pil).mean()
+        assert np.abs(img.permute(1, 2, 0).cpu().numpy().astype(int) - pil).mean() <= 1.25 * expected + 1.0
 
 
 def test_float32_on_the_gpu_gives_the_cpus_outputs(cpu_models, gpu_models, entries):
