@@ -54,10 +54,10 @@ class ConvReLU(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         dtype = _fused_dtype(x)
         if dtype is None or (z is not None and z.shape != self._output_shape(x)):
-            out = self.conv(x)
+            out = self.conv(x)  # a fresh tensor: nothing else holds it
             if z is not None:
-                out = out + z
-            return F.relu(out, inplace=True)  # a fresh tensor: nothing else holds it
+                out = out.add_(z) if z.shape == out.shape else out + z
+            return F.relu(out, inplace=True)
         weight, bias = self._weights(dtype)
         c = self.conv
         if z is None:
