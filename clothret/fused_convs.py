@@ -134,10 +134,8 @@ def _skip_identities(graph_module: fx.GraphModule) -> None:
 def _replace_with_fused(graph_module: fx.GraphModule, modules: dict[str, nn.Module], relu: fx.Node, conv: fx.Node,
                         args: tuple) -> None:
     """Put a :class:`ConvReLU` of ``conv``'s module where the ReLU was (and in ``modules``)."""
-    parent, _, name = conv.target.rpartition(".")
-    holder = graph_module.get_submodule(parent) if parent else graph_module
-    modules[conv.target] = ConvReLU(getattr(holder, name))
-    setattr(holder, name, modules[conv.target])
+    modules[conv.target] = ConvReLU(graph_module.get_submodule(conv.target))
+    set_submodule(graph_module, conv.target, modules[conv.target])
     with graph_module.graph.inserting_before(relu):
         fused = graph_module.graph.call_module(conv.target, args=args)
     relu.replace_all_uses_with(fused)
@@ -180,10 +178,21 @@ def fuse_graph_convs(graph_module: fx.GraphModule) -> int:
         graph_module.graph.erase_node(conv)
         fused += 1
     if fused:
-        graph_module.graph.lint()
-        graph_module.delete_all_unused_submodules()
-        graph_module.recompile()
+        recompile_graph(graph_module)
     return fused
+
+
+def set_submodule(graph_module: fx.GraphModule, target: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted path ``target`` of ``graph_module``."""
+    parent, _, name = target.rpartition(".")
+    setattr(graph_module.get_submodule(parent) if parent else graph_module, name, module)
+
+
+def recompile_graph(graph_module: fx.GraphModule) -> None:
+    """After a rewrite: check the graph, drop the submodules no node calls any more, regenerate ``forward``."""
+    graph_module.graph.lint()
+    graph_module.delete_all_unused_submodules()
+    graph_module.recompile()
 
 
 def _move_bias(source: nn.Conv2d, target: nn.Conv2d) -> None:
@@ -221,4 +230,4 @@ def fuse_sequential_convs(module: nn.Module) -> int:
     return fused
 
 
-__all__ = ["ConvReLU", "fusable_conv", "fuse_graph_convs", "fuse_sequential_convs"]
+__all__ = ["ConvReLU", "fusable_conv", "fuse_graph_convs", "fuse_sequential_convs", "recompile_graph", "set_submodule"]

@@ -31,7 +31,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from clothret.fused_convs import fuse_graph_convs, fuse_sequential_convs
+from clothret.fused_convs import fuse_graph_convs, fuse_sequential_convs, recompile_graph, set_submodule
 
 logger = logging.getLogger(__name__)
 
@@ -183,16 +183,13 @@ def _fold(graph_module: fx.GraphModule) -> int:
             continue
         conv_node = node.args[0]
         fused = fuse_conv_bn_eval(modules[conv_node.target], modules[node.target])
-        parent, _, name = conv_node.target.rpartition(".")
-        setattr(graph_module.get_submodule(parent) if parent else graph_module, name, fused)
+        set_submodule(graph_module, conv_node.target, fused)
         modules[conv_node.target] = fused
         node.replace_all_uses_with(conv_node)
         graph_module.graph.erase_node(node)
         folded += 1
     if folded:
-        graph_module.graph.lint()
-        graph_module.delete_all_unused_submodules()
-        graph_module.recompile()
+        recompile_graph(graph_module)
     return folded
 
 
