@@ -268,6 +268,13 @@ def _clip(boxes: Tensor, limits: Tensor) -> Tensor:
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
+def _masked_rows(mask: Tensor, *tensors: Tensor) -> list[Tensor]:
+    """``[t[mask] for t in tensors]`` (``mask`` over their leading dimensions) with one ``nonzero``: on a GPU
+    one wait for the device instead of one per tensor."""
+    index = mask.reshape(-1).nonzero().squeeze(1)
+    return [t.reshape(-1, *t.shape[mask.dim():])[index] for t in tensors]
+
+
 def _sizes(sizes: Sequence[tuple[int, int]], device: torch.device) -> Tensor:
     return torch.tensor(sizes, dtype=torch.float32, device=device).reshape(-1, 2)
 
@@ -330,7 +337,7 @@ def _one_stage(model: FCOS | RetinaNet, prepared: _Prepared, anchors: AnchorCach
     boxes, scores, labels = torch.cat(all_boxes, 1), torch.cat(all_scores, 1), torch.cat(all_labels, 1)
     image_index = torch.arange(num_images, device=batch.device)[:, None].expand_as(scores)
     valid = scores > model.score_thresh
-    boxes, scores, labels, image_index = boxes[valid], scores[valid], labels[valid], image_index[valid]
+    boxes, scores, labels, image_index = _masked_rows(valid, boxes, scores, labels, image_index)
     keep = nms_per_image(boxes, scores, labels, image_index, num_images, model.nms_thresh, model.detections_per_img)
     return _finish(boxes, scores, labels, image_index, keep, prepared)
 
@@ -361,8 +368,7 @@ def _proposals(model: FasterRCNN, features: list[Tensor], prepared: _Prepared, a
     boxes = _clip(proposals[rows, top_idx], _sizes(prepared.sizes, batch.device)[:, None, :])
     widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
     valid = (widths >= rpn.min_size) & (heights >= rpn.min_size) & (scores >= rpn.score_thresh)
-    image_index = rows.expand_as(scores)[valid]
-    boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
+    boxes, scores, levels, image_index = _masked_rows(valid, boxes, scores, levels, rows.expand_as(scores))
     keep = nms_per_image(boxes, scores, levels, image_index, num_images, rpn.nms_thresh, rpn.post_nms_top_n())
     counts = torch.bincount(image_index[keep], minlength=num_images).tolist()
     return list(boxes[keep].split(counts))
@@ -391,7 +397,7 @@ def _two_stage(model: FasterRCNN, prepared: _Prepared, anchors: AnchorCache, par
     labels, image_index = labels[:, 1:].reshape(-1), image_index[:, 1:].reshape(-1)
     widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     valid = (scores > heads.score_thresh) & (widths >= 1e-2) & (heights >= 1e-2)
-    boxes, scores, labels, image_index = boxes[valid], scores[valid], labels[valid], image_index[valid]
+    boxes, scores, labels, image_index = _masked_rows(valid, boxes, scores, labels, image_index)
     keep = nms_per_image(boxes, scores, labels, image_index, num_images, heads.nms_thresh, heads.detections_per_img)
     return _finish(boxes, scores, labels, image_index, keep, prepared)
 
