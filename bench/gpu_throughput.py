@@ -416,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         stage[f"detect {det.name}"] = n_images / seconds
         all_s += seconds
     stage["detect, all detectors"] = n_images / all_s
+    copy_settings = {"channels_last": engine.channels_last, "compile": engine.compile,
+                     "fold_norms": engine.fold_norms, "fuse_convs": engine.fuse_convs}
+
     def all_detectors_per_s(**overrides) -> float:  # the detectors under other copy settings, then restored
         seconds = 0.0
         for det in models.detectors:
@@ -424,8 +427,6 @@ def main(argv: list[str] | None = None) -> int:
             det.configure(**copy_settings)
         return n_images / seconds
 
-    copy_settings = {"channels_last": engine.channels_last, "compile": engine.compile,
-                     "fold_norms": engine.fold_norms, "fuse_convs": engine.fuse_convs}
     if engine.fold_norms and engine.fuse_convs:  # what fusing the convolutions gains
         stage["detect, all detectors, convs not fused"] = all_detectors_per_s(fuse_convs=False)
     if engine.fold_norms:  # the same detectors on their own weights, norms not folded: what folding gains

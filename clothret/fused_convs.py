@@ -77,7 +77,7 @@ class ConvReLU(nn.Module):
     def _weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and bias in ``dtype`` (and the weight's memory format), cast once per dtype and weights."""
         w, b = self.conv.weight, self.conv.bias
-        key = (dtype, w.data_ptr(), _version(w), None if b is None else (b.data_ptr(), _version(b)))
+        key = (dtype, w.data_ptr(), tensor_version(w), None if b is None else (b.data_ptr(), tensor_version(b)))
         if self._cast is None or self._cast[0] != key:
             self._cast = (key, w.detach().to(dtype), None if b is None else b.detach().to(dtype))
         return self._cast[1], self._cast[2]
@@ -86,10 +86,12 @@ class ConvReLU(nn.Module):
         return "cuDNN conv + bias (+ residual) + ReLU on CUDA in bf16/fp16"
 
 
-def _version(t: torch.Tensor) -> int:
+def tensor_version(t: torch.Tensor) -> int:
+    """``t``'s version counter (bumped by every in-place write); 0 for a tensor made under
+    ``torch.inference_mode``, which keeps none."""
     try:
         return t._version
-    except RuntimeError:  # made under inference_mode: no version counter
+    except RuntimeError:
         return 0
 
 
@@ -209,25 +211,41 @@ def _move_bias(source: nn.Conv2d, target: nn.Conv2d) -> None:
 # --------------------------------------------------------------------------------------------- towers
 
 
-def fuse_sequential_convs(module: nn.Module) -> int:
-    """Fuse, in place, each (Conv2d, ReLU) pair of the ``nn.Sequential`` containers in ``module`` (a
-    :class:`ConvReLU`, then an ``nn.Identity``); the number fused. Traced graphs (``fx.GraphModule``) are left
-    to :func:`fuse_graph_convs`: their nodes, not their containers, say what runs."""
-    fused = 0
-    graphs = [m for m in module.modules() if isinstance(m, fx.GraphModule)]
-    inside_graph = {id(m) for g in graphs for m in g.modules()}
-    for parent in list(module.modules()):
-        if id(parent) in inside_graph or not isinstance(parent, nn.Sequential):
+def sequential_pairs(module: nn.Module) -> list[tuple[nn.Sequential, int, nn.Module, nn.Module]]:
+    """Each pair of neighbouring children, ``(parent, i, parent[i], parent[i + 1])``, of the ``nn.Sequential``
+    containers in ``module`` whose forward chains their children (a subclass with its own forward may not),
+    outside traced graphs (``fx.GraphModule``: their nodes, not their containers, say what runs). Listed
+    before any is rewritten, so rewriting one pair does not disturb the walk."""
+    inside_graph = {id(m) for g in module.modules() if isinstance(g, fx.GraphModule) for m in g.modules()}
+    pairs = []
+    for parent in module.modules():
+        if id(parent) in inside_graph or type(parent).forward is not nn.Sequential.forward:
             continue
-        if type(parent).forward is not nn.Sequential.forward:
-            continue  # a subclass with its own forward may not chain its children
         children = list(parent.children())
-        for i in range(len(children) - 1):
-            if fusable_conv(children[i]) and type(children[i + 1]) is nn.ReLU:
-                parent[i] = ConvReLU(children[i])
-                parent[i + 1] = nn.Identity()
-                fused += 1
+        pairs += [(parent, i, first, second) for i, (first, second) in enumerate(zip(children, children[1:]))]
+    return pairs
+
+
+def fuse_sequential_convs(module: nn.Module) -> int:
+    """Fuse, in place, each (Conv2d, ReLU) pair of the ``nn.Sequential`` containers in ``module``
+    (:func:`sequential_pairs`) into a :class:`ConvReLU`, then an ``nn.Identity``; the number fused. Traced
+    graphs are left to :func:`fuse_graph_convs`."""
+    fused = 0
+    for parent, i, conv, relu in sequential_pairs(module):
+        if fusable_conv(conv) and type(relu) is nn.ReLU:
+            parent[i] = ConvReLU(conv)
+            parent[i + 1] = nn.Identity()
+            fused += 1
     return fused
 
 
-__all__ = ["ConvReLU", "fusable_conv", "fuse_graph_convs", "fuse_sequential_convs", "recompile_graph", "set_submodule"]
+__all__ = [
+    "ConvReLU",
+    "fusable_conv",
+    "fuse_graph_convs",
+    "fuse_sequential_convs",
+    "recompile_graph",
+    "sequential_pairs",
+    "set_submodule",
+    "tensor_version",
+]

@@ -31,7 +31,14 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from clothret.fused_convs import fuse_graph_convs, fuse_sequential_convs, recompile_graph, set_submodule
+from clothret.fused_convs import (
+    fuse_graph_convs,
+    fuse_sequential_convs,
+    recompile_graph,
+    sequential_pairs,
+    set_submodule,
+    tensor_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,20 +129,15 @@ def inference_group_norms(module: nn.Module) -> int:
 
 def conv_biases_into_group_norms(module: nn.Module) -> int:
     """Move, in place, the bias of each plain Conv2d followed by an :class:`InferenceGroupNorm` in an
-    ``nn.Sequential`` (FCOS's head towers) into the norm's ``input_bias``: one pass over the activation fewer
-    for each; the number moved. Traced graphs are left alone (their nodes, not their containers, run)."""
+    ``nn.Sequential`` (FCOS's head towers; :func:`~clothret.fused_convs.sequential_pairs`) into the norm's
+    ``input_bias``: one pass over the activation fewer for each; the number moved."""
     moved = 0
-    inside_graph = {id(m) for g in module.modules() if isinstance(g, fx.GraphModule) for m in g.modules()}
-    for parent in module.modules():
-        if id(parent) in inside_graph or type(parent).forward is not nn.Sequential.forward:
-            continue
-        children = list(parent.children())
-        for conv, norm in zip(children, children[1:]):
-            if type(conv) is nn.Conv2d and conv.bias is not None and type(norm) is InferenceGroupNorm \
-                    and norm.input_bias is None and norm.num_channels == conv.out_channels:
-                norm.input_bias = conv.bias.detach().clone()
-                conv.bias = None
-                moved += 1
+    for _, _, conv, norm in sequential_pairs(module):
+        if type(conv) is nn.Conv2d and conv.bias is not None and type(norm) is InferenceGroupNorm \
+                and norm.input_bias is None and norm.num_channels == conv.out_channels:
+            norm.input_bias = conv.bias.detach().clone()
+            conv.bias = None
+            moved += 1
     return moved
 
 
@@ -287,13 +289,7 @@ def weights_version(module: nn.Module) -> int:
     (``load_state_dict``, an optimiser step): tells whether an inference copy is out of date. Tensors made
     under ``torch.inference_mode`` keep no version counter; they count as unchanged."""
 
-    def version(t: torch.Tensor) -> int:
-        try:
-            return t._version
-        except RuntimeError:
-            return 0
-
-    return hash(tuple((id(t), version(t)) for t in (*module.parameters(), *module.buffers())))
+    return hash(tuple((id(t), tensor_version(t)) for t in (*module.parameters(), *module.buffers())))
 
 
 __all__ = [

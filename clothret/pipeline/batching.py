@@ -5,8 +5,8 @@ landscape ones makes every image of it cost a square: 1024x768 and 768x1024 imag
 pad to 1088x1088 together, 1088x800 apart (36% fewer pixels; 52% for 2:3 photos). :class:`ShapeBatcher`
 keeps one open batch per aspect-ratio group (quarter-octave steps of height / width) and hands a batch on
 when it is full; to keep memory and latency bounded it never holds more than ``window`` images (nor, when
-given, ``max_bytes`` of them), handing on the fullest open batch when it would. Images keep their segment indices, so the order they come out in does
-not matter to the results.
+given, ``max_bytes`` of them), handing on the fullest open batch when it would. Images keep their segment
+indices, so the order they come out in does not matter to the results.
 """
 
 from __future__ import annotations
