@@ -54,6 +54,7 @@ from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clothret.cuda_graphs import CAPTURE_ON_SIGHTING  # noqa: E402
 from clothret.datasets.catalogue import ManifestEntry  # noqa: E402
 from clothret.detection.crops import crop_resized  # noqa: E402
 from clothret.detection.fusion import FusionConfig  # noqa: E402
@@ -171,8 +172,10 @@ def timed(device: torch.device, fn: Callable, *args, **kwargs) -> tuple[object, 
 
 
 def time_detector(detector: TorchvisionDetector, batches: list[list[torch.Tensor]], dtype) -> tuple[list, float]:
-    """One warm-up batch, then every batch through ``detect_resident``: the detections per batch, seconds."""
-    detector.detect_resident(batches[0], autocast_dtype=dtype)
+    """The first batch twice to warm up (the second time captures its CUDA graph, with ``cuda_graphs`` on),
+    then every batch through ``detect_resident``: the detections per batch, seconds."""
+    for _ in range(CAPTURE_ON_SIGHTING):
+        detector.detect_resident(batches[0], autocast_dtype=dtype)
     return timed(detector.device, lambda: [detector.detect_resident(b, autocast_dtype=dtype) for b in batches])
 
 
@@ -355,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fold-norms", action="store_true", help="run the networks with their batch norms")
     parser.add_argument("--no-fuse-convs", action="store_true",
                         help="run each convolution's bias, ReLU and residual add as separate kernels")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="run the backbones and heads through CUDA graphs (the stage table then also times the "
+                        "detectors without them; without this flag, with them)")
     parser.add_argument(
         "--variants", default="",
         help="end to end again under other engine settings, ';'-separated, each a ','-separated list of "
@@ -385,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         compile=args.compile, concurrent_detectors=not args.no_concurrent_detectors, fusion_processes=args.fusion_processes,
         decode_on_device=not args.no_device_decode, channels_last=not args.no_channels_last,
         cudnn_benchmark=args.cudnn_benchmark, fold_norms=not args.no_fold_norms,
-        fuse_convs=not args.no_fuse_convs,
+        fuse_convs=not args.no_fuse_convs, cuda_graphs=args.cuda_graphs,
     )
     variants = parse_variants(args.variants, engine)
     dtype = engine.autocast_dtype(device)
@@ -416,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         stage[f"detect {det.name}"] = n_images / seconds
         all_s += seconds
     stage["detect, all detectors"] = n_images / all_s
-    copy_settings = {"channels_last": engine.channels_last, "compile": engine.compile,
-                     "fold_norms": engine.fold_norms, "fuse_convs": engine.fuse_convs}
+    copy_settings = {"channels_last": engine.channels_last, "compile": engine.compile, "fold_norms": engine.fold_norms,
+                     "fuse_convs": engine.fuse_convs, "cuda_graphs": engine.cuda_graphs}
 
     def all_detectors_per_s(**overrides) -> float:  # the detectors under other copy settings, then restored
         seconds = 0.0
@@ -431,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         stage["detect, all detectors, convs not fused"] = all_detectors_per_s(fuse_convs=False)
     if engine.fold_norms:  # the same detectors on their own weights, norms not folded: what folding gains
         stage["detect, all detectors, norms not folded"] = all_detectors_per_s(fold_norms=False)
+    if device.type == "cuda" and engine.compile == "off":  # what CUDA graphs gain (or cost)
+        other = not engine.cuda_graphs
+        stage[f"detect, all detectors, {'' if other else 'no '}CUDA graphs"] = all_detectors_per_s(cuda_graphs=other)
     profiles = profile_detectors(models, batches, dtype, out) if args.profile else {}
     sizes_wh = [[(int(i.shape[2]), int(i.shape[1])) for i in b] for b in batches]
     fused, fuse_s = timed(device, lambda: [
@@ -483,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{' and turned on their side, alternating' if args.mixed_orientation else ''}, batch "
         f"{args.batch_size}, autocast {dtype}, channels_last {engine.channels_last}, compile {engine.compile}, "
         f"batches in flight {engine.batches_in_flight}, fusion processes {fusion_processes}, device decode {engine.decode_on_device and device.type == 'cuda'}, "
-        f"concurrent detectors {engine.concurrent_detectors}, cuDNN benchmark (ceilings too) {engine.cudnn_benchmark}",
+        f"concurrent detectors {engine.concurrent_detectors}, CUDA graphs {engine.cuda_graphs}, "
+        f"cuDNN benchmark (ceilings too) {engine.cudnn_benchmark}",
         "",
         f"{'end to end':<44}{'images/s':>12}",
         f"{'  engine (run_segment)':<44}{e2e:>12.1f}",

@@ -49,7 +49,7 @@ class ConvReLU(nn.Module):
         if not fusable_conv(conv):
             raise ValueError(f"ConvReLU needs a Conv2d with zero padding given as numbers, got {conv}")
         self.conv = conv
-        self._cast: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None
+        self._casts: dict[torch.dtype, tuple[tuple, torch.Tensor, torch.Tensor | None]] = {}
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         dtype = _fused_dtype(x)
@@ -75,12 +75,14 @@ class ConvReLU(nn.Module):
         return torch.Size([x.shape[0], c.out_channels, *spatial])
 
     def _weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The weight and bias in ``dtype`` (and the weight's memory format), cast once per dtype and weights."""
+        """The weight and bias in ``dtype`` (and the weight's memory format), cast once per dtype and weights.
+        Each dtype keeps its own cast (a CUDA graph captured in one dtype reads it while the other runs)."""
         w, b = self.conv.weight, self.conv.bias
-        key = (dtype, w.data_ptr(), tensor_version(w), None if b is None else (b.data_ptr(), tensor_version(b)))
-        if self._cast is None or self._cast[0] != key:
-            self._cast = (key, w.detach().to(dtype), None if b is None else b.detach().to(dtype))
-        return self._cast[1], self._cast[2]
+        key = (w.data_ptr(), tensor_version(w), None if b is None else (b.data_ptr(), tensor_version(b)))
+        cast = self._casts.get(dtype)
+        if cast is None or cast[0] != key:
+            cast = self._casts[dtype] = (key, w.detach().to(dtype), None if b is None else b.detach().to(dtype))
+        return cast[1], cast[2]
 
     def extra_repr(self) -> str:
         return "cuDNN conv + bias (+ residual) + ReLU on CUDA in bf16/fp16"

@@ -260,12 +260,25 @@ def inference_forward_features(backbone: nn.Module, *, fuse_convs: bool = True) 
 @dataclass(frozen=True)
 class CopySettings:
     """How an inference copy runs: channels-last weights, a ``torch.compile`` mode (or ``"off"``), folded norms,
-    convolutions fused with their ReLU and residual add (with ``fold_norms``)."""
+    convolutions fused with their ReLU and residual add (with ``fold_norms``), CUDA graphs (not with
+    ``compile``, whose ``reduce-overhead`` mode makes its own)."""
 
     channels_last: bool = False
     compile: str = "off"
     fold_norms: bool = True
     fuse_convs: bool = True
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cuda_graphs and self.compile != "off":
+            raise ValueError(f"cuda_graphs and compile={self.compile!r} do not go together: compile's "
+                             "reduce-overhead mode captures CUDA graphs of its own")
+
+    @property
+    def fixed_batch(self) -> bool:
+        """Batches are filled up to the batch size (with blank images), so that each image size gives one
+        compiled graph or one CUDA graph."""
+        return self.compile != "off" or self.cuda_graphs
 
 
 @dataclass(frozen=True)

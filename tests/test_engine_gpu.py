@@ -138,6 +138,21 @@ def test_default_gpu_engine_is_close_to_the_cpu(cpu_models, gpu_models, entries,
     assert np.median(cosines) >= 0.99
 
 
+def test_cuda_graphs_give_the_eager_segment(gpu_models, entries):
+    """Each detector replays its own graphs on its own stream; the embedder replays one graph per batch."""
+    from clothret.pipeline.engine_config import EngineConfig
+    from clothret.pipeline.segment import run_segment
+
+    eager = run_segment(entries, gpu_models, engine=EngineConfig(batch_size=4))
+    graphed = run_segment(entries, gpu_models, engine=EngineConfig(batch_size=4, cuda_graphs=True))
+    assert graphed.status == eager.status
+    assert all(d._parts.graphs.replays > 0 for d in gpu_models.detectors)
+    assert all(e._forward.replays > 0 for e in gpu_models.embedders)
+    cosines = _matched_cosines(graphed, eager, min_iou=0.9)
+    assert len(cosines) >= 0.95 * len(eager.boxes)
+    assert np.median(cosines) >= 0.999
+
+
 def test_peak_memory_and_compile_run(gpu_models, entries):
     from clothret.pipeline.engine_config import EngineConfig
     from clothret.pipeline.segment import run_segment

@@ -31,6 +31,7 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import nms
 
+from clothret.cuda_graphs import GraphedCalls
 from clothret.inference_copy import inference_group_norms, make_inference_copy
 
 logger = logging.getLogger(__name__)
@@ -300,8 +301,7 @@ def _finish(boxes, scores, labels, image_index, keep, prepared) -> ResidentDetec
 def _one_stage(model: FCOS | RetinaNet, prepared: _Prepared, anchors: AnchorCache, parts: DenseParts,
                amp: Callable) -> ResidentDetections:
     with amp():
-        features = list(parts.backbone(prepared.dense).values())
-        outputs = parts.head(features)
+        features, outputs = parts.front(prepared.dense)
     batch = prepared.batch
     outputs = {name: value[: len(batch)] for name, value in outputs.items()}  # blank rows off
     anchor_boxes = anchors.get(
@@ -345,16 +345,15 @@ def _one_stage(model: FCOS | RetinaNet, prepared: _Prepared, anchors: AnchorCach
 # --------------------------------------------------------------------------------------------- two-stage
 
 
-def _proposals(model: FasterRCNN, features: list[Tensor], prepared: _Prepared, anchors: AnchorCache,
-               rpn_head: Callable, amp: Callable) -> list[Tensor]:
-    """The RPN's proposals per image (torchvision's ``RegionProposalNetwork`` in eval mode, batched)."""
+def _proposals(model: FasterRCNN, feature_shapes: list[Sequence[int]], objectness: list[Tensor], deltas: list[Tensor],
+               prepared: _Prepared, anchors: AnchorCache) -> list[Tensor]:
+    """The RPN's proposals per image (torchvision's ``RegionProposalNetwork`` in eval mode, batched) from its
+    head's outputs."""
     rpn = model.rpn
     batch = prepared.batch
-    with amp():
-        objectness, deltas = rpn_head(features)
     objectness = [o[: len(batch)] for o in objectness]  # blank rows off
     deltas = [d[: len(batch)] for d in deltas]
-    anchor_boxes = anchors.get(rpn.anchor_generator, batch.shape[-2:], [f.shape[-2:] for f in features], batch.device)
+    anchor_boxes = anchors.get(rpn.anchor_generator, batch.shape[-2:], feature_shapes, batch.device)
     per_level = [o[0].numel() for o in objectness]
     objectness, deltas = concat_box_prediction_layers([o.float() for o in objectness], [d.float() for d in deltas])
     num_images = batch.shape[0]
@@ -378,8 +377,9 @@ def _two_stage(model: FasterRCNN, prepared: _Prepared, anchors: AnchorCache, par
                amp: Callable) -> ResidentDetections:
     heads = model.roi_heads
     with amp():
-        features = parts.backbone(prepared.dense)  # blank rows, if any, are never pooled: no proposal names them
-    proposals = _proposals(model, list(features.values()), prepared, anchors, parts.rpn_head, amp)
+        features, objectness, deltas = parts.front(prepared.dense)
+    # blank rows, if any, are never pooled: no proposal names them
+    proposals = _proposals(model, [f.shape[-2:] for f in features.values()], objectness, deltas, prepared, anchors)
     with amp():
         pooled = heads.box_roi_pool(features, proposals, prepared.sizes)
         class_logits, box_regression = heads.box_predictor(parts.box_head(pooled))
@@ -413,6 +413,21 @@ class DenseParts:
     head: Callable | None = None  # FCOS / RetinaNet
     rpn_head: Callable | None = None  # Faster R-CNN
     box_head: Callable | None = None  # Faster R-CNN
+    graphs: GraphedCalls | None = None  # :meth:`front` through CUDA graphs
+
+    def front(self, batch: Tensor) -> tuple:
+        """Everything before the post-processing: ``(feature maps, head outputs)`` for FCOS and RetinaNet,
+        ``(feature maps, objectness, box deltas)`` for Faster R-CNN (its box head runs later, on the
+        proposals). Through CUDA graphs, the tensors are valid until the next call (:mod:`clothret.cuda_graphs`)."""
+        return self.graphs(batch) if self.graphs is not None else self._front(batch)
+
+    def _front(self, batch: Tensor) -> tuple:
+        features = self.backbone(batch)
+        if self.head is not None:
+            levels = list(features.values())
+            return levels, self.head(levels)
+        objectness, deltas = self.rpn_head(list(features.values()))
+        return features, objectness, deltas
 
     @classmethod
     def of(
@@ -423,6 +438,7 @@ class DenseParts:
         fold_norms: bool = False,
         fuse_convs: bool = True,
         memory_format: torch.memory_format = torch.contiguous_format,
+        cuda_graphs: bool = False,
     ) -> DenseParts:
         """The parts of ``model``, each passed through ``wrap`` (e.g. ``torch.compile``) but Faster R-CNN's box
         head, whose input (the proposals) changes size from batch to batch.
@@ -430,7 +446,8 @@ class DenseParts:
         ``fold_norms`` runs inference copies instead (:mod:`clothret.inference_copy`): the trunk's batch
         norms folded into its convolutions, GroupNorms kept in the autocast dtype, with ``fuse_convs`` the
         convolutions' ReLUs and residual adds fused into them, in ``memory_format``. The model itself is not
-        changed.
+        changed. ``cuda_graphs`` runs :meth:`front` through :class:`~clothret.cuda_graphs.GraphedCalls` (on
+        CUDA; elsewhere it changes nothing).
         """
         if not isinstance(model, (FasterRCNN, FCOS, RetinaNet)):
             raise ValueError(
@@ -445,9 +462,13 @@ class DenseParts:
             return wrap(module) if wrapped else module
 
         if isinstance(model, FasterRCNN):  # the box head sees a varying number of proposals: never wrapped
-            return cls(part(model.backbone, trunk=True), rpn_head=part(model.rpn.head),
-                       box_head=part(model.roi_heads.box_head, wrapped=False))
-        return cls(part(model.backbone, trunk=True), head=part(model.head))
+            parts = cls(part(model.backbone, trunk=True), rpn_head=part(model.rpn.head),
+                        box_head=part(model.roi_heads.box_head, wrapped=False))
+        else:
+            parts = cls(part(model.backbone, trunk=True), head=part(model.head))
+        if cuda_graphs:
+            parts.graphs = GraphedCalls(parts._front, name=f"{type(model).__name__} backbone and heads")
+        return parts
 
 
 def _inference_backbone(backbone: nn.Module, *, fuse_convs: bool) -> nn.Module:
@@ -475,7 +496,8 @@ def detect_resident(
 
     ``autocast_dtype`` (bf16 / fp16, or None for float32) runs the backbone and heads under autocast;
     the post-processing is float32 either way. ``pad_to``: the backbone and heads run on at least this many
-    images, blank ones added (what compiled parts need to see one batch shape); the results are the same.
+    images, blank ones added (what compiled parts and CUDA graphs need: one batch shape); the results are the
+    same. Parts with CUDA graphs: one call at a time (:class:`~clothret.cuda_graphs.GraphedCalls`).
     """
     check_images(images)
     parts = parts or DenseParts.of(model)

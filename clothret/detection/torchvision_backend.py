@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -445,16 +446,18 @@ class TorchvisionDetector:
         self._anchors = AnchorCache()
         self._parts: DenseParts | None = None
         self._made: MadeFrom | None = None  # what the parts were made from
+        self._lock = threading.Lock()  # one batch at a time through the parts
 
     def configure(self, *, channels_last: bool = False, compile: str = "off", fold_norms: bool = True,
-                  fuse_convs: bool = True) -> None:
+                  fuse_convs: bool = True, cuda_graphs: bool = False) -> None:
         """How :meth:`detect_resident` runs the network: weights in ``channels_last`` memory format, the
         backbone and heads through ``torch.compile`` (``compile`` is a mode such as ``"default"`` or
-        ``"reduce-overhead"``, or ``"off"``), and with ``fold_norms`` on an inference copy whose batch norms
-        are folded into the convolutions and, with ``fuse_convs``, whose convolutions run with their ReLU and
+        ``"reduce-overhead"``, or ``"off"``) or, with ``cuda_graphs``, through CUDA graphs
+        (:mod:`clothret.cuda_graphs`), and with ``fold_norms`` on an inference copy whose batch norms are
+        folded into the convolutions and, with ``fuse_convs``, whose convolutions run with their ReLU and
         residual add in one kernel (:mod:`clothret.inference_copy`). Calling it again with the same settings
         does nothing unless the model's weights changed since."""
-        self._configure(CopySettings(channels_last, compile, fold_norms, fuse_convs))
+        self._configure(CopySettings(channels_last, compile, fold_norms, fuse_convs, cuda_graphs))
 
     def _configure(self, settings: CopySettings) -> None:
         if self._made is not None and self._made.still(settings, self.model):
@@ -464,7 +467,7 @@ class TorchvisionDetector:
         compile = settings.compile
         wrap = (lambda m: m) if compile == "off" else (lambda m: torch.compile(m, mode=compile, dynamic=False))
         self._parts = DenseParts.of(self.model, wrap, fold_norms=settings.fold_norms, fuse_convs=settings.fuse_convs,
-                                    memory_format=fmt)
+                                    memory_format=fmt, cuda_graphs=settings.cuda_graphs)
         if compile != "off":
             logger.info("detector %s: backbone and heads compiled (mode %s)", self.name, compile)
         self._made = MadeFrom.now(settings, self.model)
@@ -511,17 +514,18 @@ class TorchvisionDetector:
         (:mod:`clothret.detection.batched`); ``autocast_dtype`` runs the network under autocast."""
         if not images:
             return []
-        self.model.eval()
-        settings = self._made.settings if self._made is not None else CopySettings()
-        self._configure(settings)  # the same settings: remade only if the weights changed
         out: list[Detections] = []
-        for start in range(0, len(images), self.batch_size):
-            found = batched.detect_resident(
-                self.model, images[start : start + self.batch_size], anchors=self._anchors, parts=self._parts,
-                autocast_dtype=autocast_dtype, channels_last=settings.channels_last,
-                pad_to=self.batch_size if settings.compile != "off" else None,  # one batch shape per image size
-            )
-            out.extend(_to_detections(found.to_host(), self.config))
+        with self._lock:  # CUDA graphs' outputs are read until the detections reach the host
+            self.model.eval()
+            settings = self._made.settings if self._made is not None else CopySettings()
+            self._configure(settings)  # the same settings: remade only if the weights changed
+            for start in range(0, len(images), self.batch_size):
+                found = batched.detect_resident(
+                    self.model, images[start : start + self.batch_size], anchors=self._anchors, parts=self._parts,
+                    autocast_dtype=autocast_dtype, channels_last=settings.channels_last,
+                    pad_to=self.batch_size if settings.fixed_batch else None,  # one batch shape per image size
+                )
+                out.extend(_to_detections(found.to_host(), self.config))
         return out
 
 

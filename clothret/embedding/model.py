@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import timm
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from clothret.cuda_graphs import GraphedCalls
 from clothret.embedding.config import EmbedderConfig
 from clothret.embedding.pooling import create_descriptor
 from clothret.inference_copy import CopySettings, MadeFrom, inference_forward_features
@@ -107,17 +109,19 @@ class Embedder:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.name = name or f"{net.config.backbone}-{net.config.descriptors}-{net.config.dim}"
-        self._forward: nn.Module = self.net
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = self.net
         self._made: MadeFrom | None = None  # what ``_forward`` was made from
+        self._lock = threading.Lock()  # one batch at a time through ``_forward`` (CUDA graphs' outputs)
 
     def configure(self, *, channels_last: bool = False, compile: str = "off", fold_norms: bool = True,
-                  fuse_convs: bool = True) -> None:
+                  fuse_convs: bool = True, cuda_graphs: bool = False) -> None:
         """How :meth:`embed_pixels` runs the network: weights in ``channels_last`` memory format,
-        ``torch.compile`` in the given mode (``"off"``: eager), and with ``fold_norms`` on an inference copy
-        whose batch norms are folded into the convolutions and, with ``fuse_convs``, whose convolutions run
-        with their ReLU and residual add in one kernel (:mod:`clothret.inference_copy`). Calling it again
-        with the same settings does nothing unless the network's weights changed since."""
-        self._configure(CopySettings(channels_last, compile, fold_norms, fuse_convs))
+        ``torch.compile`` in the given mode (``"off"``: eager) or, with ``cuda_graphs``, CUDA graphs
+        (:mod:`clothret.cuda_graphs`), and with ``fold_norms`` on an inference copy whose batch norms are
+        folded into the convolutions and, with ``fuse_convs``, whose convolutions run with their ReLU and
+        residual add in one kernel (:mod:`clothret.inference_copy`). Calling it again with the same settings
+        does nothing unless the network's weights changed since."""
+        self._configure(CopySettings(channels_last, compile, fold_norms, fuse_convs, cuda_graphs))
 
     def _configure(self, settings: CopySettings) -> None:
         if self._made is not None and self._made.still(settings, self.net):
@@ -129,8 +133,11 @@ class Embedder:
             backbone = inference_forward_features(self.net.backbone, fuse_convs=settings.fuse_convs)
             forward = copy.deepcopy(self.net, {id(self.net.backbone): backbone})  # the copy gets the folded one
             forward.to(memory_format=fmt)
-        compiled = settings.compile != "off"
-        self._forward = torch.compile(forward, mode=settings.compile, dynamic=False) if compiled else forward
+        if settings.compile != "off":
+            forward = torch.compile(forward, mode=settings.compile, dynamic=False)
+        elif settings.cuda_graphs:
+            forward = GraphedCalls(forward, name=f"embedder {self.name}")
+        self._forward = forward
         self._made = MadeFrom.now(settings, self.net)
 
     @property
@@ -153,8 +160,8 @@ class Embedder:
     def embed_pixels(self, pixels: torch.Tensor, *, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
         """(n, dim) float32 l2-normalised embeddings of (n, 3, S, S) crops in [0, 255] on :attr:`device`
         (S = the config's ``input_size``), normalised and embedded there, in batches, under autocast when
-        ``autocast_dtype`` is given. With ``torch.compile`` on, each batch is padded to ``batch_size``
-        rows so that one compiled graph serves every batch."""
+        ``autocast_dtype`` is given. With ``torch.compile`` or CUDA graphs on, each batch is padded to
+        ``batch_size`` rows so that one graph serves every batch."""
         size = self.config.input_size
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, size, size):
             raise ValueError(f"pixels must be (n, 3, {size}, {size}), got shape {tuple(pixels.shape)}")
@@ -163,16 +170,16 @@ class Embedder:
             return out
         mean = torch.tensor(self.config.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
         std = torch.tensor(self.config.std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
-        settings = self._made.settings if self._made is not None else CopySettings()
-        self._configure(settings)  # the same settings: remade only if the weights changed
-        channels_last, compiled = settings.channels_last, settings.compile != "off"
-        with torch.inference_mode(), torch.autocast(
+        with self._lock, torch.inference_mode(), torch.autocast(
             pixels.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
         ):
+            settings = self._made.settings if self._made is not None else CopySettings()
+            self._configure(settings)  # the same settings: remade only if the weights changed
+            channels_last = settings.channels_last
             for start in range(0, len(pixels), self.batch_size):
                 x = (pixels[start : start + self.batch_size].div(255.0) - mean) / std
                 n = len(x)
-                if compiled and n < self.batch_size:
+                if settings.fixed_batch and n < self.batch_size:
                     x = torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))])
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)

@@ -119,14 +119,15 @@ def map_resident(models: LoadedModels, images: Sequence[torch.Tensor], *, config
 
 
 def prepare_models(models: LoadedModels, config: EngineConfig) -> None:
-    """Put the models in the memory format, compile mode, norm folding and convolution fusion of ``config``
-    (models without the settings are left alone); turn cuDNN's benchmark mode on when ``config`` asks for it."""
+    """Put the models in the memory format, compile mode, CUDA graphs, norm folding and convolution fusion of
+    ``config`` (models without the settings are left alone); turn cuDNN's benchmark mode on when ``config``
+    asks for it."""
     if config.cudnn_benchmark and models.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     for model in (*models.detectors, *models.embedders):
         if hasattr(model, "configure"):
             model.configure(channels_last=config.channels_last, compile=config.compile, fold_norms=config.fold_norms,
-                            fuse_convs=config.fuse_convs)
+                            fuse_convs=config.fuse_convs, cuda_graphs=config.cuda_graphs)
 
 
 # --------------------------------------------------------------------------------------------- reading

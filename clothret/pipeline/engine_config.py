@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,18 @@ class EngineConfig(BaseModel):
         True, description="run the detectors of an ensemble at once, each on its own CUDA stream and thread "
         "(CUDA only): one detector's post-processing on the CPU overlaps another's network on the GPU",
     )
+    cuda_graphs: bool = Field(
+        False, description="run the detectors' backbones and heads and the embedders through CUDA graphs captured "
+        "per image size (CUDA only; not with compile): one launch per batch instead of one per kernel, so the "
+        "host stops being the limit; short batches are filled up with blank images",
+    )
+
+    @model_validator(mode="after")
+    def _graphs_or_compile(self) -> EngineConfig:
+        if self.cuda_graphs and self.compile != "off":
+            raise ValueError(f"cuda_graphs=true and compile={self.compile!r} do not go together: compile's "
+                             "reduce-overhead mode captures CUDA graphs of its own")
+        return self
 
     def with_batch_size(self, batch_size: int | None) -> EngineConfig:
         """A copy whose ``batch_size`` is set: its own when given, else ``batch_size``, else 16."""
