@@ -120,10 +120,15 @@ def map_resident(models: LoadedModels, images: Sequence[torch.Tensor], *, config
 
 def prepare_models(models: LoadedModels, config: EngineConfig) -> None:
     """Put the models in the memory format, compile mode, CUDA graphs, norm folding and convolution fusion of
-    ``config`` (models without the settings are left alone); turn cuDNN's benchmark mode on when ``config``
-    asks for it."""
+    ``config`` (models without the settings are left alone), give the device-resident detectors the batch
+    size of ``config`` (when set: the batches that compiled parts and CUDA graphs are filled up to); turn
+    cuDNN's benchmark mode on when ``config`` asks for it."""
     if config.cudnn_benchmark and models.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if config.batch_size is not None:
+        for detector in models.detectors:
+            if hasattr(detector, "detect_resident") and hasattr(detector, "batch_size"):
+                detector.batch_size = config.batch_size
     for model in (*models.detectors, *models.embedders):
         if hasattr(model, "configure"):
             model.configure(channels_last=config.channels_last, compile=config.compile, fold_norms=config.fold_norms,
