@@ -24,12 +24,14 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.rpn import concat_box_prediction_layers
-from torchvision.ops import nms
+from torchvision.ops import MultiScaleRoIAlign, nms, roi_align
+from torchvision.ops.poolers import _setup_scales
 
 from clothret.cuda_graphs import GraphedCalls
 from clothret.inference_copy import inference_group_norms, make_inference_copy
@@ -56,16 +58,17 @@ class ResidentDetections:
     image_index: Tensor  # (n,) int64
     num_images: int
 
-    def to_host(self) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """Per image ``(boxes, scores, labels)`` CPU tensors, in one device-to-host copy."""
+    def to_host(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per image ``(boxes, scores, labels)`` numpy arrays (float32, float32, int64), in one device-to-host
+        copy and numpy views of it (no torch operation per image)."""
         packed = torch.cat(
             [self.boxes, self.scores[:, None], self.labels[:, None].float(), self.image_index[:, None].float()], dim=1
-        ).cpu()
-        counts = torch.bincount(packed[:, 6].long(), minlength=self.num_images).tolist()
-        return [
-            (part[:, :4], part[:, 4], part[:, 5].long())
-            for part in packed.split(counts)
-        ]
+        ).cpu().numpy()
+        labels = packed[:, 5].astype(np.int64)
+        counts = np.bincount(packed[:, 6].astype(np.int64), minlength=self.num_images)
+        ends = np.cumsum(counts)
+        starts = ends - counts
+        return [(packed[a:b, :4], packed[a:b, 4], labels[a:b]) for a, b in zip(starts.tolist(), ends.tolist())]
 
 
 @dataclass
@@ -124,7 +127,7 @@ def prepare_batch(images: Sequence[Tensor], transform: nn.Module, *, channels_la
     groups: dict[tuple[int, int], list[int]] = {}
     for i, img in enumerate(images):
         groups.setdefault((int(img.shape[1]), int(img.shape[2])), []).append(i)
-    resized: list[Tensor | None] = [None] * len(images)
+    resized: list[tuple[list[int], Tensor]] = []  # each group's images, resized together (one size)
     for (h, w), members in groups.items():
         x = torch.stack([images[i] for i in members]).float().div_(255.0)
         x = (x - mean) / std
@@ -136,17 +139,24 @@ def prepare_batch(images: Sequence[Tensor], transform: nn.Module, *, channels_la
             x, size=size, scale_factor=scale, mode="bilinear", recompute_scale_factor=True if scale else None,
             align_corners=False,
         )
-        for j, i in enumerate(members):
-            resized[i] = x[j]
-    sizes = [(int(r.shape[-2]), int(r.shape[-1])) for r in resized]
+        resized.append((members, x))
+    sizes = [(0, 0)] * len(images)
+    for members, x in resized:
+        for i in members:
+            sizes[i] = (int(x.shape[-2]), int(x.shape[-1]))
     stride = float(transform.size_divisible)
     height = int(-(-max(h for h, _ in sizes) // stride) * stride)
     width = int(-(-max(w for _, w in sizes) // stride) * stride)
-    batch = resized[0].new_zeros((len(images), 3, height, width))
+    batch = resized[0][1].new_zeros((len(images), 3, height, width))
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    for i, r in enumerate(resized):
-        batch[i, :, : r.shape[-2], : r.shape[-1]].copy_(r)
+    for members, x in resized:
+        h, w = x.shape[-2:]
+        if members == list(range(members[0], members[0] + len(members))):  # a batch cut by shape: one copy
+            batch[members[0] : members[0] + len(members), :, :h, :w].copy_(x)
+        else:
+            for j, i in enumerate(members):
+                batch[i, :, :h, :w].copy_(x[j])
     return _Prepared(batch, sizes, [(int(img.shape[1]), int(img.shape[2])) for img in images])
 
 
@@ -314,27 +324,28 @@ def _one_stage(model: FCOS | RetinaNet, prepared: _Prepared, anchors: AnchorCach
     centerness = outputs["bbox_ctrness"].float() if isinstance(model, FCOS) else None
     num_images, _, num_classes = logits.shape
     limits = _sizes(prepared.sizes, batch.device)[:, None, :]  # (B, 1, 2)
-    all_boxes, all_scores, all_labels = [], [], []
+    if centerness is not None:
+        class_scores = torch.sqrt(torch.sigmoid(logits) * torch.sigmoid(centerness))
+    else:
+        class_scores = torch.sigmoid(logits)
+    top_scores, top_idx = [], []  # each level's best (anchor, class) pairs, as indices over all levels
     start = 0
     for n in per_level:
-        level = slice(start, start + n)
-        if centerness is not None:
-            scores = torch.sqrt(torch.sigmoid(logits[:, level]) * torch.sigmoid(centerness[:, level])).flatten(1)
-        else:
-            scores = torch.sigmoid(logits[:, level]).flatten(1)
-        top_scores, top_idx = scores.topk(min(model.topk_candidates, scores.shape[1]), dim=1)
-        anchor_idx = torch.div(top_idx, num_classes, rounding_mode="floor")
-        codes = regression[:, level].gather(1, anchor_idx[..., None].expand(-1, -1, 4))
-        level_anchors = anchor_boxes[level][anchor_idx]
-        if isinstance(model, FCOS):
-            boxes = model.box_coder.decode(codes, level_anchors)
-        else:
-            boxes = model.box_coder.decode_single(codes.reshape(-1, 4), level_anchors.reshape(-1, 4)).view(codes.shape)
-        all_boxes.append(_clip(boxes, limits))
-        all_scores.append(top_scores)
-        all_labels.append(top_idx % num_classes)
+        level_scores = class_scores[:, start : start + n].flatten(1)
+        level_top, level_idx = level_scores.topk(min(model.topk_candidates, level_scores.shape[1]), dim=1)
+        top_scores.append(level_top)
+        top_idx.append(level_idx + start * num_classes)
         start += n
-    boxes, scores, labels = torch.cat(all_boxes, 1), torch.cat(all_scores, 1), torch.cat(all_labels, 1)
+    scores, flat_idx = torch.cat(top_scores, 1), torch.cat(top_idx, 1)
+    anchor_idx = torch.div(flat_idx, num_classes, rounding_mode="floor")
+    labels = flat_idx % num_classes
+    codes = regression.gather(1, anchor_idx[..., None].expand(-1, -1, 4))
+    picked_anchors = anchor_boxes[anchor_idx]
+    if isinstance(model, FCOS):  # both decodings work box by box: all levels at once
+        boxes = model.box_coder.decode(codes, picked_anchors)
+    else:
+        boxes = model.box_coder.decode_single(codes.reshape(-1, 4), picked_anchors.reshape(-1, 4)).view(codes.shape)
+    boxes = _clip(boxes, limits)
     image_index = torch.arange(num_images, device=batch.device)[:, None].expand_as(scores)
     valid = scores > model.score_thresh
     boxes, scores, labels, image_index = _masked_rows(valid, boxes, scores, labels, image_index)
@@ -346,9 +357,9 @@ def _one_stage(model: FCOS | RetinaNet, prepared: _Prepared, anchors: AnchorCach
 
 
 def _proposals(model: FasterRCNN, feature_shapes: list[Sequence[int]], objectness: list[Tensor], deltas: list[Tensor],
-               prepared: _Prepared, anchors: AnchorCache) -> list[Tensor]:
-    """The RPN's proposals per image (torchvision's ``RegionProposalNetwork`` in eval mode, batched) from its
-    head's outputs."""
+               prepared: _Prepared, anchors: AnchorCache) -> tuple[Tensor, Tensor]:
+    """The RPN's proposals (torchvision's ``RegionProposalNetwork`` in eval mode, batched) from its head's
+    outputs: ``(boxes, image_index)``, rows grouped by image."""
     rpn = model.rpn
     batch = prepared.batch
     objectness = [o[: len(batch)] for o in objectness]  # blank rows off
@@ -369,8 +380,34 @@ def _proposals(model: FasterRCNN, feature_shapes: list[Sequence[int]], objectnes
     valid = (widths >= rpn.min_size) & (heights >= rpn.min_size) & (scores >= rpn.score_thresh)
     boxes, scores, levels, image_index = _masked_rows(valid, boxes, scores, levels, rows.expand_as(scores))
     keep = nms_per_image(boxes, scores, levels, image_index, num_images, rpn.nms_thresh, rpn.post_nms_top_n())
-    counts = torch.bincount(image_index[keep], minlength=num_images).tolist()
-    return list(boxes[keep].split(counts))
+    return boxes[keep], image_index[keep]
+
+
+def _pool_rois(pooler: nn.Module, features: dict[str, Tensor], boxes: Tensor, image_index: Tensor,
+               image_sizes: list[tuple[int, int]]) -> Tensor:
+    """``pooler(features, boxes per image, image_sizes)`` for boxes of all images at once (rows grouped by
+    image): torchvision's ``MultiScaleRoIAlign`` with each level's boxes found by one sort, one wait for the
+    device where torchvision waits once per level and converts every image's boxes on its own."""
+    if not isinstance(pooler, MultiScaleRoIAlign):
+        counts = torch.bincount(image_index, minlength=len(image_sizes)).tolist()
+        return pooler(features, list(boxes.split(counts)), image_sizes)
+    maps = [value for name, value in features.items() if name in pooler.featmap_names]
+    if pooler.scales is None or pooler.map_levels is None:
+        pooler.scales, pooler.map_levels = _setup_scales(maps, image_sizes, pooler.canonical_scale,
+                                                         pooler.canonical_level)
+    rois = torch.cat([image_index[:, None].to(boxes.dtype), boxes], dim=1)
+    pool = {"output_size": pooler.output_size, "sampling_ratio": pooler.sampling_ratio}
+    if len(maps) == 1:
+        return roi_align(maps[0], rois, spatial_scale=pooler.scales[0], **pool)
+    level = pooler.map_levels([boxes])
+    order = torch.argsort(level, stable=True)
+    counts = torch.bincount(level, minlength=len(maps)).tolist()
+    out = torch.zeros((len(rois), maps[0].shape[1], *pooler.output_size), dtype=maps[0].dtype, device=boxes.device)
+    pooled = [roi_align(fmap, part, spatial_scale=scale, **pool)
+              for fmap, scale, part in zip(maps, pooler.scales, rois[order].split(counts)) if len(part)]
+    if pooled:
+        out[order] = torch.cat(pooled).to(out.dtype)
+    return out
 
 
 def _two_stage(model: FasterRCNN, prepared: _Prepared, anchors: AnchorCache, parts: DenseParts,
@@ -379,17 +416,16 @@ def _two_stage(model: FasterRCNN, prepared: _Prepared, anchors: AnchorCache, par
     with amp():
         features, objectness, deltas = parts.front(prepared.dense)
     # blank rows, if any, are never pooled: no proposal names them
-    proposals = _proposals(model, [f.shape[-2:] for f in features.values()], objectness, deltas, prepared, anchors)
+    proposals, image_index = _proposals(model, [f.shape[-2:] for f in features.values()], objectness, deltas,
+                                        prepared, anchors)
     with amp():
-        pooled = heads.box_roi_pool(features, proposals, prepared.sizes)
+        pooled = _pool_rois(heads.box_roi_pool, features, proposals, image_index, prepared.sizes)
         class_logits, box_regression = heads.box_predictor(parts.box_head(pooled))
-    num_images = len(proposals)
+    num_images = len(prepared.sizes)
     device = prepared.batch.device
-    counts = torch.tensor([len(p) for p in proposals], device=device)
-    boxes = heads.box_coder.decode(box_regression.float(), proposals)  # (R, C, 4)
+    boxes = heads.box_coder.decode(box_regression.float(), [proposals])  # (R, C, 4)
     scores = F.softmax(class_logits.float(), -1)
     num_classes = scores.shape[-1]
-    image_index = torch.repeat_interleave(torch.arange(num_images, device=device), counts)
     boxes = _clip(boxes, _sizes(prepared.sizes, device)[image_index][:, None, :])
     labels = torch.arange(num_classes, device=device).view(1, -1).expand_as(scores)
     image_index = image_index[:, None].expand_as(scores)

@@ -529,11 +529,9 @@ class TorchvisionDetector:
         return out
 
 
-def _to_detections(parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], config) -> list[Detections]:
-    return [
-        Detections(boxes.numpy(), scores.numpy(), labels_to_category_ids(labels, config).numpy())
-        for boxes, scores, labels in parts
-    ]
+def _to_detections(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], config) -> list[Detections]:
+    offset = ARCHITECTURES[config.architecture].label_offset  # as labels_to_category_ids, on numpy arrays
+    return [Detections(boxes, scores, labels + offset) for boxes, scores, labels in parts]
 
 
 def save_detector(
