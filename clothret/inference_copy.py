@@ -57,25 +57,21 @@ def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor 
     variance of the means). PyTorch's CUDA kernel instead copies a channels-last input to NCHW first.
     """
     n, c, h, w = x.shape
+    k = c // groups
     pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view of a channels-last x
-    channel_var, channel_mean = torch.var_mean(pixels, dim=1, correction=0)  # (n, c)
-    channel_var = channel_var.float().view(n, groups, c // groups)
-    channel_mean = channel_mean.float()
-    if input_bias is not None:  # x + b: each channel's mean moves by its b, the variances stay
-        channel_mean = channel_mean + input_bias.float()
-    channel_mean = channel_mean.view(n, groups, c // groups)
-    mean = channel_mean.mean(dim=2, keepdim=True)
-    var = channel_var.mean(dim=2, keepdim=True) + (channel_mean - mean).square().mean(dim=2, keepdim=True)
-    scale = (var + eps).rsqrt().expand(n, groups, c // groups).reshape(n, c)
-    shift = -mean.expand(n, groups, c // groups).reshape(n, c)
+    channel_var, channel_mean = torch.var_mean(pixels, dim=1, correction=0)  # (n, c), in x's dtype
+    # float32 from here (bf16/fp16 + float32 promotes); x + b: each channel's mean moves by its b, variances stay
+    channel_mean = (channel_mean + input_bias if input_bias is not None else channel_mean.float()).view(n, groups, k)
+    mean = channel_mean.mean(dim=2, keepdim=True)  # (n, groups, 1)
+    spread = channel_mean - mean
+    var = torch.addcmul(channel_var.view(n, groups, k), spread, spread).mean(dim=2, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    scale = rstd * weight.view(groups, k) if weight is not None else rstd.expand(n, groups, k)
+    # out = (x + b - mean) * scale + bias = x * scale + shift
+    shift = (mean * scale).neg_() if bias is None else torch.addcmul(bias.view(groups, k), mean, scale, value=-1)
     if input_bias is not None:
-        shift = shift + input_bias.float()
-    shift = shift * scale
-    if weight is not None:
-        scale, shift = scale * weight.float(), shift * weight.float()
-    if bias is not None:
-        shift = shift + bias.float()
-    out = torch.addcmul(shift.to(x.dtype)[:, None, :], pixels, scale.to(x.dtype)[:, None, :])  # (n, h*w, c)
+        shift = torch.addcmul(shift, input_bias.view(groups, k), scale)
+    out = torch.addcmul(shift.reshape(n, 1, c).to(x.dtype), pixels, scale.reshape(n, 1, c).to(x.dtype))  # (n, h*w, c)
     return out.reshape(n, h, w, c).permute(0, 3, 1, 2)
 
 
