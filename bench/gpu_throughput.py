@@ -66,6 +66,7 @@ from clothret.detection.torchvision_backend import (  # noqa: E402
 from clothret.embedding.config import EmbedderConfig  # noqa: E402
 from clothret.embedding.model import Embedder, EmbeddingNet  # noqa: E402
 from clothret.models import LoadedModels  # noqa: E402
+from clothret.op_count import OpCounter  # noqa: E402
 from clothret.pipeline.decode import decode_on_device, decode_on_host, for_device  # noqa: E402
 from clothret.pipeline.engine import prepare_models  # noqa: E402
 from clothret.pipeline.engine_config import EngineConfig, engine_config_from  # noqa: E402
@@ -177,6 +178,14 @@ def time_detector(detector: TorchvisionDetector, batches: list[list[torch.Tensor
     for _ in range(CAPTURE_ON_SIGHTING):
         detector.detect_resident(batches[0], autocast_dtype=dtype)
     return timed(detector.device, lambda: [detector.detect_resident(b, autocast_dtype=dtype) for b in batches])
+
+
+def host_ops_per_batch(detector: TorchvisionDetector, batch: list[torch.Tensor], dtype) -> int:
+    """The torch operations one ``detect_resident`` call issues for ``batch`` (after the warm-up; a CUDA graph's
+    replay counts as none: its kernels go in one launch)."""
+    with OpCounter() as counter:
+        detector.detect_resident(batch, autocast_dtype=dtype)
+    return counter.ops
 
 
 def old_path(entries: list, models: LoadedModels, batch_size: int) -> int:
@@ -420,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         stage[f"detect {det.name}"] = n_images / seconds
         all_s += seconds
     stage["detect, all detectors"] = n_images / all_s
+    host_ops = {det.name: host_ops_per_batch(det, batches[0], dtype) for det in models.detectors}
     copy_settings = {"channels_last": engine.channels_last, "compile": engine.compile, "fold_norms": engine.fold_norms,
                      "fuse_convs": engine.fuse_convs, "cuda_graphs": engine.cuda_graphs}
 
@@ -505,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{'  all detectors':<44}{ceiling_all['fp32']:>12.1f}{ceiling_all['bf16']:>12.1f}",
         f"{'  embedder, crops/s (low: channels_last)':<44}{embed_ceiling_fp32:>12.1f}{embed_ceiling:>12.1f}",
         "",
+        f"{'host operations per batch (launches, waits)':<44}{'ops':>12}",
+        *[f"{'  ' + name:<44}{count:>12}" for name, count in host_ops.items()],
+        "",
         f"ratios: end to end / fp32 ceiling {e2e / ceiling_all['fp32']:.2f}, / low-precision ceiling "
         f"{e2e / ceiling_all['bf16']:.2f}; embed path / embedder ceiling {embed_path / embed_ceiling:.2f}"
         + (f"; engine / old path {e2e / old_e2e:.2f}" if old_e2e else ""),
@@ -537,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         "embed_ceiling_fp32_crops_per_s": round(embed_ceiling_fp32, 1),
         "embed_path_over_ceiling": round(embed_path / embed_ceiling, 3),
         "stages_per_s": {k: round(v, 1) for k, v in stage.items()},
+        "host_ops_per_batch": host_ops,
         "device": device_name,
         "peak_gpu_memory_gb": round(peak_gb, 2),
         "peak_gpu_allocated_gb": round(run.peak_allocated_gb, 2),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.ops import batched_nms
 
 from clothret.detection import batched
@@ -17,6 +16,7 @@ from clothret.detection.torchvision_backend import (
     TorchvisionDetectorConfig,
     build_detector_model,
 )
+from clothret.op_count import OpCounter
 
 TINY = {"backbone": "mobilenet_v3_small", "fpn_channels": 32, "min_size": 64, "max_size": 96}
 SHAPES = [(60, 80), (72, 48), (60, 80), (100, 90), (60, 80), (33, 47)]  # three of one size: resized together
@@ -175,18 +175,6 @@ def test_compiled_parts_see_one_batch_shape_and_give_the_eager_detections():
         np.testing.assert_allclose(c.boxes, e.boxes, atol=1e-2)
 
 
-class _CountOps(TorchDispatchMode):
-    """Counts the torch operations run under it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("architecture, nms_stages", [("fcos", 1), ("retinanet", 1), ("faster_rcnn", 2)])
 def test_post_processing_does_not_work_image_by_image(architecture, nms_stages):
     """Host operations per batch hardly grow with its images (each costs a GPU launch or a wait): on the CPU
@@ -199,8 +187,7 @@ def test_post_processing_does_not_work_image_by_image(architecture, nms_stages):
     for n in (4, 8):
         images = [torch.from_numpy(img).permute(2, 0, 1) for img in _images(n)][:1] * n  # one size: one group
         detector.detect_resident(images)  # anchors cached, copies made
-        counter = _CountOps()
-        with torch.inference_mode(), counter:
+        with torch.inference_mode(), OpCounter() as counter:
             found = detector.detect_resident(images)
         assert len(found) == n and all(len(d) for d in found)
         ops.append(counter.ops)
