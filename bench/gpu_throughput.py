@@ -241,6 +241,14 @@ def ceiling_detector(detector: TorchvisionDetector, batches: list[list[torch.Ten
     return sum(len(b) for b in floats) / seconds
 
 
+def torchvision_host_ops(detector: TorchvisionDetector, batch: list[torch.Tensor]) -> int:
+    """The torch operations torchvision's own forward issues for ``batch`` (float32 images made first)."""
+    floats = [img.float().div(255.0) for img in batch]
+    with torch.inference_mode(), OpCounter() as counter:
+        detector.model(floats)
+    return counter.ops
+
+
 def ceiling_embedder(embedder: Embedder, crops: torch.Tensor, dtype, channels_last: bool) -> float:
     """Crops/s of the embedding network alone on device-resident, normalised crops."""
     net, device = embedder.net, embedder.device
@@ -430,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         all_s += seconds
     stage["detect, all detectors"] = n_images / all_s
     host_ops = {det.name: host_ops_per_batch(det, batches[0], dtype) for det in models.detectors}
+    host_ops_torchvision = {det.name: torchvision_host_ops(det, batches[0]) for det in models.detectors}
     copy_settings = {"channels_last": engine.channels_last, "compile": engine.compile, "fold_norms": engine.fold_norms,
                      "fuse_convs": engine.fuse_convs, "cuda_graphs": engine.cuda_graphs}
 
@@ -515,8 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{'  all detectors':<44}{ceiling_all['fp32']:>12.1f}{ceiling_all['bf16']:>12.1f}",
         f"{'  embedder, crops/s (low: channels_last)':<44}{embed_ceiling_fp32:>12.1f}{embed_ceiling:>12.1f}",
         "",
-        f"{'host operations per batch (launches, waits)':<44}{'ops':>12}",
-        *[f"{'  ' + name:<44}{count:>12}" for name, count in host_ops.items()],
+        f"{'host operations per batch (launches, waits)':<44}{'engine':>12}{'torchvision':>12}",
+        *[f"{'  ' + name:<44}{count:>12}{host_ops_torchvision[name]:>12}" for name, count in host_ops.items()],
         "",
         f"ratios: end to end / fp32 ceiling {e2e / ceiling_all['fp32']:.2f}, / low-precision ceiling "
         f"{e2e / ceiling_all['bf16']:.2f}; embed path / embedder ceiling {embed_path / embed_ceiling:.2f}"
@@ -551,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         "embed_path_over_ceiling": round(embed_path / embed_ceiling, 3),
         "stages_per_s": {k: round(v, 1) for k, v in stage.items()},
         "host_ops_per_batch": host_ops,
+        "torchvision_host_ops_per_batch": host_ops_torchvision,
         "device": device_name,
         "peak_gpu_memory_gb": round(peak_gb, 2),
         "peak_gpu_allocated_gb": round(run.peak_allocated_gb, 2),
