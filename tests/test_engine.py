@@ -15,7 +15,7 @@ from PIL import Image
 from clothret.datasets.catalogue import ManifestEntry, manifest_from_folder
 from clothret.pipeline.engine_config import EngineConfig
 from clothret.pipeline.mapper import map_batch
-from clothret.pipeline.reader import BAD_INPUT, TRANSIENT, iter_images
+from clothret.pipeline.reader import BAD_INPUT, TRANSIENT, ImageFailure, iter_images
 from clothret.pipeline.segment import run_segment
 
 FEATURE_COSINE_MEAN = 0.9995
@@ -139,8 +139,10 @@ def test_a_detector_without_the_resident_method_gets_numpy_images(models, shop_e
 class _FailingDetector:
     def __init__(self, inner, exc: Exception) -> None:
         self.inner, self.name, self.exc = inner, inner.name, exc
+        self.threads: set[str] = set()  # where it was called
 
     def detect_resident(self, images, *, autocast_dtype=None):
+        self.threads.add(threading.current_thread().name)
         raise self.exc
 
     def detect(self, images):
@@ -164,6 +166,41 @@ def test_out_of_memory_on_every_image_is_transient_per_image(models, shop_entrie
     result = run_segment(shop_entries[:4], broken, batch_size=2)
     assert result.status == [TRANSIENT] * 4
     assert result.reasons[0].startswith("out of memory on this image alone: OutOfMemoryError")
+    assert _engine_threads() == []
+
+
+def _run_engine(models, entries, *, lanes: bool) -> list:
+    """The engine's outputs per image, with each detector on a lane of its own (threads; what CUDA runs with
+    several detectors, forced here on the CPU) or one after another."""
+    from clothret.pipeline.engine import SegmentEngine
+    from clothret.pipeline.reader import ImageLimits
+
+    engine = SegmentEngine(models, EngineConfig(channels_last=False, batches_in_flight=1, batch_size=4), ImageLimits())
+    engine.concurrent = lanes
+    out: list = [None] * len(entries)
+    engine.run([e.uri for e in entries], [e.image_id for e in entries], out.__setitem__)
+    return out
+
+
+def test_detector_lanes_give_the_one_after_another_outputs(models, shop_entries):
+    """Two lanes share one detector (its lock takes turns), a third detector fails on every batch: the same
+    outputs and failures as one detector after another, and every lane thread ends."""
+    entries = shop_entries[:14]
+    detector = models.detectors[0]
+    pair = dataclasses.replace(models, detectors=[detector, detector], wbf_weights=[1.0, 1.0])
+    want, got = _run_engine(pair, entries, lanes=False), _run_engine(pair, entries, lanes=True)
+    assert all(not isinstance(g, ImageFailure) for g in got)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g.detections.boxes, w.detections.boxes, atol=1e-4)
+        np.testing.assert_allclose(g.features, w.features, atol=1e-5)
+    bad = _FailingDetector(detector, ValueError("bad"))
+    failing = dataclasses.replace(pair, detectors=[detector, detector, bad], wbf_weights=[1.0, 1.0, 1.0])
+    want = _run_engine(failing, entries, lanes=False)
+    assert bad.threads == {"MainThread"}
+    got = _run_engine(failing, entries, lanes=True)
+    assert "clothret-detect-2_0" in bad.threads  # its own lane (and the model thread, image by image)
+    assert [(g.kind, g.reason) for g in got] == [(w.kind, w.reason) for w in want]
+    assert all(g.kind == BAD_INPUT and "bad" in g.reason for g in got)
     assert _engine_threads() == []
 
 

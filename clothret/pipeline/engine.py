@@ -2,20 +2,24 @@
 
 ::
 
-    reader threads ──► loader thread ────────► [decoded batches] ──► model thread: detect(b) ──► fuser
-    (read; Pillow      (batches by shape;        batches_in_flight                  embed(b-1) ◄── fuse(b-1)
-     decodes)           nvJPEG on the GPU;                                        (a thread, or worker processes)
-                        upload once)
+    reader threads ──► loader thread ────────► [decoded batches] ──► model thread ──► fuser
+    (read; Pillow      (batches by shape;        batches_in_flight    detect(b)         fuse(b-1)
+     decodes)           nvJPEG on the GPU;                            embed(b-1) ◄──    (a thread, or worker
+                        upload once)                                                     processes)
 
 The loader cuts batches of images of similar aspect ratio (:mod:`clothret.pipeline.batching`: less padding,
 and an image of a common size gets what it would get alone). The images go to the models' device once, as
 uint8. There the detectors run batched
 (:meth:`~clothret.detection.torchvision_backend.TorchvisionDetector.detect_resident`), and after fusion the
 crops are cut and resized from the resident images and embedded (:meth:`~clothret.models.LoadedModels.embed_boxes`).
-While the model thread runs the detectors on batch ``b`` (CUDA kernels and torch's CPU kernels release the
-GIL), the fuser (:mod:`clothret.pipeline.fusion_pool`) fuses batch ``b - 1`` and the loader decodes ``b + 1``;
-then the model thread embeds ``b - 1``. The queues are bounded (``batches_in_flight``), so memory stays flat.
-The same code runs on the CPU, where Pillow decodes and the networks run in float32.
+While the detectors work on batch ``b`` (CUDA kernels and torch's CPU kernels release the GIL), the fuser
+(:mod:`clothret.pipeline.fusion_pool`) fuses batch ``b - 1`` and the loader decodes ``b + 1``; then the
+model thread embeds ``b - 1``. On CUDA with several detectors (``concurrent_detectors``) each detector has a
+lane of its own (a thread and a stream) that takes the batches in order, so the model thread hands a batch
+over and goes on embedding, a fast detector starts the next batch while a slow one finishes this one, and
+one detector's post-processing on the host overlaps another's network on the GPU. Every queue is bounded
+(``batches_in_flight``), so memory stays flat. The same code runs on the CPU, where Pillow decodes and the
+networks run in float32, one detector after another.
 
 One model error on one image is that image's failure: a batch that raises anywhere after decoding runs
 again image by image (:func:`~clothret.pipeline.mapper.map_one_by_one`). Detector and embedder objects
@@ -72,29 +76,52 @@ class _Batch:
 # --------------------------------------------------------------------------------------------- models
 
 
-def _detect(models: LoadedModels, images: Sequence[torch.Tensor], dtype, pool: ThreadPoolExecutor | None,
-            streams: list | None) -> list[list[Detections]]:
-    """Every detector on the batch: device-resident when it can, numpy images otherwise."""
+def _detect(models: LoadedModels, images: Sequence[torch.Tensor], dtype) -> list[list[Detections]]:
+    """Every detector on the batch, one after another: device-resident when it can, numpy images otherwise."""
     host: list[np.ndarray] | None = None
-
-    def run(detector, stream=None) -> list[Detections]:
-        nonlocal host
-        if not hasattr(detector, "detect_resident"):
+    out = []
+    for detector in models.detectors:
+        if hasattr(detector, "detect_resident"):
+            out.append(detector.detect_resident(images, autocast_dtype=dtype))
+        else:
             if host is None:
                 host = [img.permute(1, 2, 0).cpu().numpy() for img in images]
-            return detector.detect(host)
-        if stream is None:
-            return detector.detect_resident(images, autocast_dtype=dtype)
-        stream.wait_stream(torch.cuda.current_stream(images[0].device))
-        with torch.cuda.stream(stream):
-            for img in images:
-                img.record_stream(stream)
-            return detector.detect_resident(images, autocast_dtype=dtype)
+            out.append(detector.detect(host))
+    return out
 
-    if pool is None or streams is None:
-        return [run(d) for d in models.detectors]
-    futures = [pool.submit(run, d, s) for d, s in zip(models.detectors, streams)]
-    return [f.result() for f in futures]
+
+class _DetectorLanes:
+    """Each detector on a thread of its own (and on CUDA a stream of its own), taking batches in order: one
+    detector's post-processing on the host overlaps another's network on the device, and a fast detector
+    goes on to the next batch while a slow one finishes this one (no wait for the slowest per batch)."""
+
+    def __init__(self, detectors: Sequence, device: torch.device, dtype) -> None:
+        self.detectors, self.dtype = detectors, dtype
+        cuda = device.type == "cuda"
+        self.streams = [torch.cuda.Stream(device) if cuda else None for _ in detectors]
+        self.threads = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"clothret-detect-{i}")
+                        for i in range(len(detectors))]
+
+    def submit(self, batch: _Batch) -> list[Future]:
+        """Futures of each detector's detections of ``batch``."""
+        return [thread.submit(self._run, detector, stream, batch)
+                for detector, stream, thread in zip(self.detectors, self.streams, self.threads)]
+
+    def _run(self, detector, stream, batch: _Batch) -> list[Detections]:
+        if stream is None:
+            return detector.detect_resident(batch.images, autocast_dtype=self.dtype)
+        if batch.ready is not None:  # the upload, not whatever else the model thread's stream has queued since
+            stream.wait_event(batch.ready)
+        else:
+            stream.wait_stream(torch.cuda.current_stream(stream.device))
+        with torch.cuda.stream(stream):
+            for img in batch.images:
+                img.record_stream(stream)
+            return detector.detect_resident(batch.images, autocast_dtype=self.dtype)
+
+    def shutdown(self) -> None:
+        for thread in self.threads:
+            thread.shutdown(wait=True, cancel_futures=True)
 
 
 def _outputs(fused: Sequence[Detections], features: np.ndarray) -> list[ImageOutput]:
@@ -113,7 +140,7 @@ def map_resident(models: LoadedModels, images: Sequence[torch.Tensor], *, config
                  ) -> list[ImageOutput]:
     """Detect, fuse, crop and embed uint8 (3, H, W) images on the models' device, in one go (no overlap)."""
     dtype = config.autocast_dtype(models.device)
-    fused = fuse_images(models, _detect(models, images, dtype, None, None), _sizes(images))
+    fused = fuse_images(models, _detect(models, images, dtype), _sizes(images))
     features = models.embed_boxes(list(images), [d.boxes for d in fused], autocast_dtype=dtype)
     return _outputs(fused, features)
 
@@ -183,6 +210,12 @@ class SegmentEngine:
         self.dtype = config.autocast_dtype(self.device)
         self.decoded: queue.Queue = queue.Queue(maxsize=config.batches_in_flight)
         self.stop = threading.Event()
+        self.concurrent = (
+            self.cuda and config.concurrent_detectors and len(models.detectors) > 1
+            and all(hasattr(d, "detect_resident") for d in models.detectors)
+        )
+        """Detectors on lanes of their own (:class:`_DetectorLanes`); otherwise one after another on the model
+        thread."""
 
     # ---- loader thread
 
@@ -302,15 +335,14 @@ class SegmentEngine:
     def run(self, uris: Sequence[str], names: Sequence[str], on_output: OnOutput) -> None:
         reuse_freed_memory()
         prepare_models(self.models, self.config)
-        concurrent = self.cuda and self.config.concurrent_detectors and len(self.models.detectors) > 1
-        streams = [torch.cuda.Stream(self.device) for _ in self.models.detectors] if concurrent else None
         loader = threading.Thread(target=self._load, args=(uris, names), name="clothret-load", daemon=True)
         processes = self.config.fusion_processes
         fusion = Fuser(self.models.wbf_weights, self.models.fusion,
                        processes=auto_processes(self.device.type) if processes is None else processes)
-        detectors = ThreadPoolExecutor(max_workers=len(self.models.detectors), thread_name_prefix="clothret-detect") \
-            if concurrent else None
-        in_flight: deque[tuple[_Batch, Future]] = deque()
+        lanes = _DetectorLanes(self.models.detectors, self.device, self.dtype) if self.concurrent else None
+        ahead = self.config.batches_in_flight
+        detecting: deque[tuple[_Batch, list[Future]]] = deque()  # on the lanes
+        fusing: deque[tuple[_Batch, Future]] = deque()
 
         def finish(batch: _Batch, results: Sequence[ImageOutput | ImageFailure]) -> None:
             for index, failure in batch.failures:
@@ -318,24 +350,39 @@ class SegmentEngine:
             for index, result in zip(batch.indices, results):
                 on_output(index, result)
 
+        def detected(batch: _Batch, per_detector: Callable[[], list[list[Detections]]]) -> None:
+            try:
+                found = per_detector()
+            except Exception as exc:  # noqa: BLE001 - sorted out image by image
+                finish(batch, self._isolate(batch, exc))
+            else:
+                fusing.append((batch, fusion.submit(found, _sizes(batch.images))))
+
+        def embed_fused(*, all_of_them: bool = False) -> None:
+            while fusing and (all_of_them or len(fusing) > ahead or fusing[0][1].done()):
+                done, fused = fusing.popleft()
+                finish(done, self._embed(done, fused))
+
+        def take_detected(*, all_of_them: bool = False) -> None:
+            while detecting and (all_of_them or len(detecting) > ahead or all(f.done() for f in detecting[0][1])):
+                done, futures = detecting.popleft()
+                detected(done, lambda futures=futures: [f.result() for f in futures])
+                embed_fused()
+
         loader.start()
         try:
             while (batch := self._take()) is not None:
                 if not batch.images:
                     finish(batch, [])
                     continue
-                try:
-                    per_detector = _detect(self.models, batch.images, self.dtype, detectors, streams)
-                except Exception as exc:  # noqa: BLE001 - sorted out image by image
-                    finish(batch, self._isolate(batch, exc))
+                if lanes is not None:
+                    detecting.append((batch, lanes.submit(batch)))
+                    take_detected()
                 else:
-                    in_flight.append((batch, fusion.submit(per_detector, _sizes(batch.images))))
-                while in_flight and (len(in_flight) > self.config.batches_in_flight or in_flight[0][1].done()):
-                    done, fused = in_flight.popleft()
-                    finish(done, self._embed(done, fused))
-            while in_flight:
-                done, fused = in_flight.popleft()
-                finish(done, self._embed(done, fused))
+                    detected(batch, lambda batch=batch: _detect(self.models, batch.images, self.dtype))
+                embed_fused()
+            take_detected(all_of_them=True)
+            embed_fused(all_of_them=True)
         finally:
             self.stop.set()
             while True:  # unblock a loader waiting on a full queue
@@ -344,9 +391,9 @@ class SegmentEngine:
                 except queue.Empty:
                     break
             loader.join()
+            if lanes is not None:
+                lanes.shutdown()
             fusion.shutdown()
-            if detectors is not None:
-                detectors.shutdown(wait=True)
 
 
 class _nothing:
