@@ -67,7 +67,8 @@ class EngineConfig(BaseModel):
     )
     concurrent_detectors: bool = Field(
         True, description="run the detectors of an ensemble at once, each on its own CUDA stream and thread "
-        "(CUDA only): one detector's post-processing on the CPU overlaps another's network on the GPU",
+        "taking the batches in order (CUDA only): one detector's post-processing on the CPU overlaps another's "
+        "network on the GPU, and no batch waits for the slowest detector before the next one starts",
     )
     cuda_graphs: bool = Field(
         False, description="run the detectors' backbones and heads and the embedders through CUDA graphs captured "
