@@ -403,7 +403,10 @@ def _pool_rois(pooler: nn.Module, features: dict[str, Tensor], boxes: Tensor, im
     order = torch.argsort(level, stable=True)
     counts = torch.bincount(level, minlength=len(maps)).tolist()
     out = torch.zeros((len(rois), maps[0].shape[1], *pooler.output_size), dtype=maps[0].dtype, device=boxes.device)
-    pooled = [roi_align(fmap, part, spatial_scale=scale, **pool)
+    # roi_align runs in float32 on NCHW maps: one copy makes a bf16 channels-last map both (autocast's cast and
+    # the kernel's own .contiguous() would be two passes over the largest map of the network)
+    pooled = [roi_align(fmap.to(torch.float32, memory_format=torch.contiguous_format), part, spatial_scale=scale,
+                        **pool)
               for fmap, scale, part in zip(maps, pooler.scales, rois[order].split(counts)) if len(part)]
     if pooled:
         out[order] = torch.cat(pooled).to(out.dtype)
