@@ -368,14 +368,16 @@ def _proposals(model: FasterRCNN, feature_shapes: list[Sequence[int]], objectnes
     per_level = [o[0].numel() for o in objectness]
     objectness, deltas = concat_box_prediction_layers([o.float() for o in objectness], [d.float() for d in deltas])
     num_images = batch.shape[0]
-    proposals = rpn.box_coder.decode_single(deltas, anchor_boxes.repeat(num_images, 1)).view(num_images, -1, 4)
     objectness = objectness.reshape(num_images, -1)
     levels = torch.cat([torch.full((n,), i, dtype=torch.int64, device=batch.device) for i, n in enumerate(per_level)])
     top_idx = rpn._get_top_n_idx(objectness, per_level)
     rows = torch.arange(num_images, device=batch.device)[:, None]
     scores = torch.sigmoid(objectness[rows, top_idx])
     levels = levels[top_idx]
-    boxes = _clip(proposals[rows, top_idx], _sizes(prepared.sizes, batch.device)[:, None, :])
+    # decoding works box by box: only the anchors each level's top-n picked (torchvision decodes all of them)
+    picked = deltas.view(num_images, -1, 4)[rows, top_idx].reshape(-1, 4)
+    proposals = rpn.box_coder.decode_single(picked, anchor_boxes[top_idx].reshape(-1, 4)).view(*top_idx.shape, 4)
+    boxes = _clip(proposals, _sizes(prepared.sizes, batch.device)[:, None, :])
     widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
     valid = (widths >= rpn.min_size) & (heights >= rpn.min_size) & (scores >= rpn.score_thresh)
     boxes, scores, levels, image_index = _masked_rows(valid, boxes, scores, levels, rows.expand_as(scores))
