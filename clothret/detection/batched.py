@@ -191,8 +191,14 @@ class AnchorCache:
 # --------------------------------------------------------------------------------------------- NMS
 
 
-def _grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, image_index: Tensor, iou_threshold: float,
-                 one_call: bool) -> Tensor:
+def _counts(index: Tensor, n: int) -> Tensor:
+    """``torch.bincount(index, minlength=n)`` for ``index`` in ``[0, n)``, without waiting for the device
+    (bincount on CUDA reads the largest index back first to size its output)."""
+    return torch.zeros(n, dtype=torch.int64, device=index.device).index_add_(0, index, torch.ones_like(index))
+
+
+def _grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, image_index: Tensor, num_images: int,
+                 iou_threshold: float, one_call: bool) -> Tensor:
     """Indices of the boxes NMS keeps, boxes of different images or groups never suppressing each other.
 
     Each (image, group) gets its own tile of the plane: x is offset by the image, y by the group, which keeps
@@ -206,7 +212,7 @@ def _grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, image_index: Ten
     shifted[:, 0::2] += (image_index.to(boxes.dtype) * span)[:, None]
     cap = NMS_BOXES_PER_CALL if one_call else 0
     keep, start, end = [], 0, 0
-    for count in torch.bincount(image_index).tolist():  # image_index is grouped by image
+    for count in _counts(image_index, num_images).tolist():  # image_index is grouped by image
         if end > start and end - start + count > cap:
             keep.append(nms(shifted[start:end], scores[start:end], iou_threshold) + start)
             start = end
@@ -224,7 +230,7 @@ def _by_image_then_score(scores: Tensor, image_index: Tensor) -> Tensor:
 
 def _rank_in_image(image_sorted: Tensor, num_images: int) -> Tensor:
     """For rows sorted by image, each row's position within its image."""
-    counts = torch.bincount(image_sorted, minlength=num_images)
+    counts = _counts(image_sorted, num_images)
     starts = torch.cumsum(counts, 0) - counts
     return torch.arange(len(image_sorted), device=image_sorted.device) - starts[image_sorted]
 
@@ -248,7 +254,7 @@ def nms_per_image(
     order = _by_image_then_score(scores, image_index)
     image_sorted = image_index[order]
     rank = _rank_in_image(image_sorted, num_images)
-    per_image = torch.bincount(image_sorted, minlength=num_images)
+    per_image = _counts(image_sorted, num_images)
     active = torch.ones(num_images, dtype=torch.bool, device=boxes.device)
     prefix = max(_FIRST_PREFIX * limit, _MIN_PREFIX)
     parts = []
@@ -256,9 +262,9 @@ def nms_per_image(
         candidates = order[(rank < prefix) & active[image_sorted]]
         kept = candidates[
             _grouped_nms(boxes[candidates], scores[candidates], groups[candidates], image_index[candidates],
-                         iou_threshold, one_call)
+                         num_images, iou_threshold, one_call)
         ]
-        kept_per_image = torch.bincount(image_index[kept], minlength=num_images)
+        kept_per_image = _counts(image_index[kept], num_images)
         more = active & (kept_per_image < limit) & (per_image > prefix)
         parts.append(kept[~more[image_index[kept]]])
         if not bool(more.any()):
@@ -403,7 +409,7 @@ def _pool_rois(pooler: nn.Module, features: dict[str, Tensor], boxes: Tensor, im
         return roi_align(maps[0], rois, spatial_scale=pooler.scales[0], **pool)
     level = pooler.map_levels([boxes])
     order = torch.argsort(level, stable=True)
-    counts = torch.bincount(level, minlength=len(maps)).tolist()
+    counts = _counts(level, len(maps)).tolist()
     out = torch.zeros((len(rois), maps[0].shape[1], *pooler.output_size), dtype=maps[0].dtype, device=boxes.device)
     # roi_align runs in float32 on NCHW maps: one copy makes a bf16 channels-last map both (autocast's cast and
     # the kernel's own .contiguous() would be two passes over the largest map of the network)
