@@ -180,12 +180,12 @@ def time_detector(detector: TorchvisionDetector, batches: list[list[torch.Tensor
     return timed(detector.device, lambda: [detector.detect_resident(b, autocast_dtype=dtype) for b in batches])
 
 
-def host_ops_per_batch(detector: TorchvisionDetector, batch: list[torch.Tensor], dtype) -> int:
-    """The torch operations one ``detect_resident`` call issues for ``batch`` (after the warm-up; a CUDA graph's
-    replay counts as none: its kernels go in one launch)."""
+def host_ops_per_batch(detector: TorchvisionDetector, batch: list[torch.Tensor], dtype) -> tuple[int, int]:
+    """The torch operations one ``detect_resident`` call issues for ``batch`` and how many of them wait for the
+    device (after the warm-up; a CUDA graph's replay counts as none: its kernels go in one launch)."""
     with OpCounter() as counter:
         detector.detect_resident(batch, autocast_dtype=dtype)
-    return counter.ops
+    return counter.ops, counter.waits
 
 
 def old_path(entries: list, models: LoadedModels, batch_size: int) -> int:
@@ -241,12 +241,12 @@ def ceiling_detector(detector: TorchvisionDetector, batches: list[list[torch.Ten
     return sum(len(b) for b in floats) / seconds
 
 
-def torchvision_host_ops(detector: TorchvisionDetector, batch: list[torch.Tensor]) -> int:
-    """The torch operations torchvision's own forward issues for ``batch`` (float32 images made first)."""
+def torchvision_host_ops(detector: TorchvisionDetector, batch: list[torch.Tensor]) -> tuple[int, int]:
+    """:func:`host_ops_per_batch` of torchvision's own forward (float32 images made first)."""
     floats = [img.float().div(255.0) for img in batch]
     with torch.inference_mode(), OpCounter() as counter:
         detector.model(floats)
-    return counter.ops
+    return counter.ops, counter.waits
 
 
 def ceiling_embedder(embedder: Embedder, crops: torch.Tensor, dtype, channels_last: bool) -> float:
@@ -524,8 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{'  all detectors':<44}{ceiling_all['fp32']:>12.1f}{ceiling_all['bf16']:>12.1f}",
         f"{'  embedder, crops/s (low: channels_last)':<44}{embed_ceiling_fp32:>12.1f}{embed_ceiling:>12.1f}",
         "",
-        f"{'host operations per batch (launches, waits)':<44}{'engine':>12}{'torchvision':>12}",
-        *[f"{'  ' + name:<44}{count:>12}{host_ops_torchvision[name]:>12}" for name, count in host_ops.items()],
+        f"{'host operations per batch (of which waits)':<44}{'engine':>12}{'torchvision':>16}",
+        *[f"{'  ' + name:<44}{f'{ops} ({waits})':>12}{'{} ({})'.format(*host_ops_torchvision[name]):>16}"
+          for name, (ops, waits) in host_ops.items()],
         "",
         f"ratios: end to end / fp32 ceiling {e2e / ceiling_all['fp32']:.2f}, / low-precision ceiling "
         f"{e2e / ceiling_all['bf16']:.2f}; embed path / embedder ceiling {embed_path / embed_ceiling:.2f}"
@@ -559,8 +560,10 @@ def main(argv: list[str] | None = None) -> int:
         "embed_ceiling_fp32_crops_per_s": round(embed_ceiling_fp32, 1),
         "embed_path_over_ceiling": round(embed_path / embed_ceiling, 3),
         "stages_per_s": {k: round(v, 1) for k, v in stage.items()},
-        "host_ops_per_batch": host_ops,
-        "torchvision_host_ops_per_batch": host_ops_torchvision,
+        "host_ops_per_batch": {name: ops for name, (ops, _) in host_ops.items()},
+        "host_waits_per_batch": {name: waits for name, (_, waits) in host_ops.items()},
+        "torchvision_host_ops_per_batch": {name: ops for name, (ops, _) in host_ops_torchvision.items()},
+        "torchvision_host_waits_per_batch": {name: waits for name, (_, waits) in host_ops_torchvision.items()},
         "device": device_name,
         "peak_gpu_memory_gb": round(peak_gb, 2),
         "peak_gpu_allocated_gb": round(run.peak_allocated_gb, 2),

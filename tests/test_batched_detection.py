@@ -178,18 +178,22 @@ def test_compiled_parts_see_one_batch_shape_and_give_the_eager_detections():
 @pytest.mark.parametrize("architecture, nms_stages", [("fcos", 1), ("retinanet", 1), ("faster_rcnn", 2)])
 def test_post_processing_does_not_work_image_by_image(architecture, nms_stages):
     """Host operations per batch hardly grow with its images (each costs a GPU launch or a wait): on the CPU
-    only the non-maximum suppression runs per image (one ``nms`` call and its slices, ~4 operations), on a GPU
-    images share calls. Before batching the conversion, pooling and hand-over, each image cost 26-39."""
+    only the non-maximum suppression runs per image (one ``nms`` call and its slices, ~4 operations, one of
+    them a wait), on a GPU images share calls. Before batching the conversion, pooling and hand-over, each
+    image cost 26-39 operations; and no ``bincount``, which on CUDA waits for the device twice."""
     torch.manual_seed(0)
     config = TorchvisionDetectorConfig(architecture=architecture, **TINY, score_thresh=0.0)
     detector = TorchvisionDetector(build_detector_model(config), config, batch_size=16)
-    ops = []
+    counts = []
     for n in (4, 8):
         images = [torch.from_numpy(img).permute(2, 0, 1) for img in _images(n)][:1] * n  # one size: one group
         detector.detect_resident(images)  # anchors cached, copies made
         with torch.inference_mode(), OpCounter() as counter:
             found = detector.detect_resident(images)
         assert len(found) == n and all(len(d) for d in found)
-        ops.append(counter.ops)
-    per_image = (ops[1] - ops[0]) / 4
-    assert per_image <= 5 * nms_stages, f"{per_image} operations per image ({ops[0]} for 4 images, {ops[1]} for 8)"
+        assert counter.by_name["aten.bincount.default"] == 0
+        counts.append(counter)
+    per_image = (counts[1].ops - counts[0].ops) / 4
+    assert per_image <= 5 * nms_stages, f"{per_image} operations per image ({counts[0].ops} for 4, {counts[1].ops} for 8)"
+    assert counts[1].waits - counts[0].waits == 4 * nms_stages  # the CPU's nms call per image
+    assert counts[0].waits - 4 * nms_stages <= 4 * nms_stages, counts[0].waits  # the rest: a few per stage

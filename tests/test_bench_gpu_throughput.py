@@ -35,6 +35,8 @@ def test_gpu_throughput_small_prints_the_table_and_the_json_line(tmp_path):
     assert set(summary["host_ops_per_batch"]) == {"fcos", "retinanet", "faster_rcnn"}
     assert all(count > 100 for count in summary["host_ops_per_batch"].values())  # eager on the CPU
     assert set(summary["torchvision_host_ops_per_batch"]) == set(summary["host_ops_per_batch"])
+    assert all(summary["host_waits_per_batch"][name] < summary["torchvision_host_waits_per_batch"][name]
+               for name in summary["host_ops_per_batch"])
     assert set(summary["variants"]) == {"fold_norms=false", "batch_size=8"}
     assert all(v["e2e_images_per_s"] > 0 and v["failed"] == 0 for v in summary["variants"].values())
     assert set(summary["profiles"]) == {"fcos", "retinanet", "faster_rcnn"}
