@@ -266,9 +266,10 @@ def nms_per_image(
         ]
         kept_per_image = _counts(image_index[kept], num_images)
         more = active & (kept_per_image < limit) & (per_image > prefix)
-        parts.append(kept[~more[image_index[kept]]])
-        if not bool(more.any()):
+        if not bool(more.any()):  # the usual case: every image decided, no mask to apply (one wait fewer)
+            parts.append(kept)
             break
+        parts.append(kept[~more[image_index[kept]]])
         active, prefix = more, prefix * 4
     kept = torch.cat(parts)
     kept = kept[_by_image_then_score(scores[kept], image_index[kept])]
