@@ -98,11 +98,17 @@ def _random_boxes(rng, n, size=100.0):
     return torch.tensor(np.concatenate([xy, xy + wh], 1), dtype=torch.float32)
 
 
-@pytest.mark.parametrize("one_call, per_call", [(False, None), (True, None), (True, 600)],
-                         ids=["per-image", "one-call", "calls-of-600-boxes"])
-def test_nms_per_image_is_batched_nms_image_by_image(one_call, per_call, monkeypatch):
-    """Every way of grouping: NMS image by image (the CPU's), images together in calls with offsets (CUDA's),
-    and in calls of at most ``per_call`` boxes (an image with more gets a call of its own)."""
+@pytest.mark.parametrize(
+    "dense, dense_budget, per_call",
+    [(False, None, None), (True, None, None), (True, 300_000, None), (True, 0, None), (True, 0, 600)],
+    ids=["per-image", "dense", "dense-and-calls", "one-call", "calls-of-600-boxes"],
+)
+def test_nms_per_image_is_batched_nms_image_by_image(dense, dense_budget, per_call, monkeypatch):
+    """Every way: torchvision's NMS image by image (the CPU's); all images at once on their IoU matrices (the
+    GPU's); rounds too large for that in torchvision calls with offsets, of at most ``per_call`` boxes (an
+    image with more gets a call of its own); and a mix, the first round too large, the later ones not."""
+    if dense_budget is not None:
+        monkeypatch.setattr(batched, "NMS_DENSE_ELEMENTS", dense_budget)
     if per_call is not None:
         monkeypatch.setattr(batched, "NMS_BOXES_PER_CALL", per_call)
     rng = np.random.default_rng(3)
@@ -114,13 +120,35 @@ def test_nms_per_image_is_batched_nms_image_by_image(one_call, per_call, monkeyp
     scores = torch.from_numpy(rng.uniform(0, 1, len(image_index)).astype(np.float32))
     labels = torch.from_numpy(rng.integers(0, 4, len(image_index)))
     for iou, limit in ((0.5, 100), (0.1, 7), (0.9, 1000)):
-        keep = nms_per_image(boxes, scores, labels, image_index, len(counts), iou, limit, one_call=one_call)
+        keep = nms_per_image(boxes, scores, labels, image_index, len(counts), iou, limit, dense=dense)
         assert torch.equal(image_index[keep], torch.sort(image_index[keep], stable=True).values)
         for i in range(len(counts)):
             rows = torch.nonzero(image_index == i).flatten()
             want = rows[batched_nms(boxes[rows], scores[rows], labels[rows], iou)[:limit]]
             got = keep[image_index[keep] == i]
             assert torch.equal(got, want), (i, iou, limit)
+
+
+def test_dense_greedy_nms_follows_long_chains_of_suppression():
+    """A row of boxes each overlapping the next (IoU 0.54): greedy NMS keeps every other one, a chain 300
+    boxes long that takes as many rounds to settle; with padding rows and two groups beside it."""
+    from torchvision.ops import nms
+
+    n = 300
+    x = torch.arange(n, dtype=torch.float32) * 3
+    chain = torch.stack([x, torch.zeros(n), x + 10, torch.full((n,), 10.0)], dim=1)
+    rng = np.random.default_rng(0)
+    scattered = _random_boxes(rng, n)
+    boxes = torch.stack([chain, scattered])
+    groups = torch.stack([torch.zeros(n, dtype=torch.int64), torch.from_numpy(rng.integers(0, 2, n))])
+    valid = torch.ones(2, n, dtype=torch.bool)
+    valid[1, 250:] = False  # padding
+    keep = batched._greedy_keep(boxes, groups, valid, 0.5)
+    scores = torch.linspace(1, 0, n)  # the rows are sorted by descending score
+    assert torch.equal(keep[0].nonzero().flatten(), nms(chain, scores, 0.5))
+    assert torch.equal(keep[0].nonzero().flatten(), torch.arange(0, n, 2))
+    want = batched_nms(scattered[:250], scores[:250], groups[1, :250], 0.5)
+    assert torch.equal(keep[1].nonzero().flatten(), torch.sort(want).values)
 
 
 def test_resident_detections_on_an_empty_batch_and_bad_images():

@@ -8,9 +8,11 @@ networks on uint8 ``(3, H, W)`` images that are already on the model's device:
   then padded into one batch (optionally ``channels_last``); the dense part runs under autocast when a
   dtype is given, the post-processing always in float32;
 - the post-processing is batched: one top-k per feature level over the whole batch, then
-  :func:`nms_per_image`, which runs non-maximum suppression for all images at once (per-image and
-  per-class offsets) on the best-scoring candidates of each image only, as many as decide its first
-  ``limit`` kept boxes (greedy NMS decides a box from the boxes that score higher only, so this is exact);
+  :func:`nms_per_image`, which runs non-maximum suppression for all images at once on the best-scoring
+  candidates of each image only, as many as decide its first ``limit`` kept boxes (greedy NMS decides a
+  box from the boxes that score higher only, so this is exact); on a GPU on the candidates' IoU matrices
+  (:func:`_greedy_keep`: torchvision's CUDA NMS walks the boxes one by one in one thread block), on the
+  CPU with torchvision's ``nms`` image by image;
 - the anchors of a batch shape are computed once and cached.
 
 In float32 its boxes, scores and labels are torchvision's own up to float rounding
@@ -41,6 +43,9 @@ logger = logging.getLogger(__name__)
 _FIRST_PREFIX = 4
 """:func:`nms_per_image` first looks at the best ``_FIRST_PREFIX * limit`` candidates of each image."""
 _MIN_PREFIX = 64
+NMS_DENSE_ELEMENTS = 1 << 24
+"""The dense NMS of a round (:func:`_greedy_keep`) holds a few (images x candidates x candidates) tensors:
+~270 MB at this many elements; a round over more runs torchvision's ``nms`` instead."""
 NMS_BOXES_PER_CALL = 16384
 """Images share an NMS call (on the GPU) up to this many boxes: a call's work grows with the square of its
 boxes (an n x n/64 word mask, which one thread block then walks), so Faster R-CNN's proposals of 16 images in
@@ -222,6 +227,58 @@ def _grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, image_index: Ten
     return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.int64, device=boxes.device)
 
 
+def _iou_matrix(boxes: Tensor) -> Tensor:
+    """(B, n, n) IoUs of each row's (B, n, 4) boxes with one another, computed as torchvision's NMS does."""
+    x1, y1, x2, y2 = (c[:, :, None] for c in boxes.unbind(-1))  # (B, n, 1): against (B, 1, n) transposed
+    area = (x2 - x1) * (y2 - y1)
+    inter = (torch.minimum(x2, x2.mT) - torch.maximum(x1, x1.mT)).clamp_(min=0)
+    inter *= (torch.minimum(y2, y2.mT) - torch.maximum(y1, y1.mT)).clamp_(min=0)
+    return inter / (area + area.mT - inter)
+
+
+def _greedy_keep(boxes: Tensor, groups: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
+    """Which boxes greedy NMS keeps in each row of (B, n) candidates sorted by descending score, every row at
+    once: (B, n) bool. Boxes of different ``groups`` never suppress each other; rows where ``valid`` is false
+    (padding) are neither kept nor suppress.
+
+    Greedy NMS keeps a box when no kept box before it overlaps it by more than ``iou_threshold``. Starting
+    from "all kept" and applying that rule to every box at once settles on exactly greedy NMS's answer after
+    as many rounds as the longest chain of suppressions (Cluster-NMS, Zheng et al. 2021) -- a handful in
+    practice; it is checked after 2, 4, 8, ... rounds. torchvision's CUDA NMS instead walks the boxes one by
+    one in a single thread block (~0.5 us a box: 3 ms for a batch's 6,400 candidates).
+    """
+    n = boxes.shape[1]
+    suppresses = _iou_matrix(boxes) > iou_threshold  # [b, j, i]: j would suppress i
+    suppresses &= torch.ones(n, n, dtype=torch.bool, device=boxes.device).triu_(1)  # only higher scores
+    suppresses &= groups[:, :, None] == groups[:, None, :]
+    suppresses &= valid[:, :, None]
+    keep, rounds = valid, 2
+    while True:
+        for _ in range(rounds - 1):
+            keep = valid & ~(suppresses & keep[:, :, None]).any(dim=1)
+        settled = valid & ~(suppresses & keep[:, :, None]).any(dim=1)
+        if torch.equal(settled, keep):
+            return keep
+        keep, rounds = settled, rounds * 2
+
+
+def _dense_round(boxes: Tensor, groups: Tensor, order: Tensor, image_sorted: Tensor, rank: Tensor, images: Tensor,
+                 num_images: int, n: int, iou_threshold: float) -> tuple[Tensor, Tensor]:
+    """Greedy NMS of the best ``n`` candidates of each of ``images``, all at once (:func:`_greedy_keep` on a
+    (images, n) layout of them): the kept rows, grouped by image and by descending score, and how many each
+    image kept."""
+    b, device = len(images), boxes.device
+    position = torch.full((num_images,), -1, dtype=torch.int64, device=device)
+    position[images] = torch.arange(b, device=device)
+    row_position = position[image_sorted]
+    slot = torch.where((row_position >= 0) & (rank < n), row_position * n + rank, b * n)  # b * n: not taken
+    ids = torch.full((b * n + 1,), -1, dtype=torch.int64, device=device).scatter_(0, slot, order)[:-1].view(b, n)
+    valid = ids >= 0
+    rows = ids.clamp(min=0)
+    keep = _greedy_keep(boxes[rows], groups[rows], valid, iou_threshold)
+    return ids[keep], keep.sum(dim=1)
+
+
 def _by_image_then_score(scores: Tensor, image_index: Tensor) -> Tensor:
     """An ordering of the rows: by image ascending, then by score descending (stable)."""
     order = torch.argsort(scores, descending=True, stable=True)
@@ -237,7 +294,7 @@ def _rank_in_image(image_sorted: Tensor, num_images: int) -> Tensor:
 
 def nms_per_image(
     boxes: Tensor, scores: Tensor, groups: Tensor, image_index: Tensor, num_images: int, iou_threshold: float,
-    limit: int, *, one_call: bool | None = None,
+    limit: int, *, dense: bool | None = None,
 ) -> Tensor:
     """torchvision's ``batched_nms(...)[:limit]`` of every image of a batch, in one go.
 
@@ -245,32 +302,43 @@ def nms_per_image(
     grouped by image (ascending) and by descending score within an image, at most ``limit`` per image.
     Greedy NMS keeps or drops a box by looking at higher-scoring boxes only, so NMS over each image's best
     ``m`` candidates decides those exactly; ``m`` grows (x4) only for images where fewer than ``limit`` of
-    them survive. ``one_call`` (default: off the CPU) runs the NMS of all images in one call.
+    them survive. ``dense`` (default: off the CPU) runs the NMS of all images at once on their IoU matrices
+    (:func:`_greedy_keep`; torchvision's calls, of up to :data:`NMS_BOXES_PER_CALL` boxes, where those would
+    exceed :data:`NMS_DENSE_ELEMENTS`); otherwise torchvision's ``nms`` runs image by image.
     """
+    device = boxes.device
     if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
-    if one_call is None:
-        one_call = boxes.device.type != "cpu"
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    if dense is None:
+        dense = device.type != "cpu"
     order = _by_image_then_score(scores, image_index)
     image_sorted = image_index[order]
     rank = _rank_in_image(image_sorted, num_images)
     per_image = _counts(image_sorted, num_images)
-    active = torch.ones(num_images, dtype=torch.bool, device=boxes.device)
+    images = torch.arange(num_images, device=device)  # the images still to decide
     prefix = max(_FIRST_PREFIX * limit, _MIN_PREFIX)
     parts = []
     while True:
-        candidates = order[(rank < prefix) & active[image_sorted]]
-        kept = candidates[
-            _grouped_nms(boxes[candidates], scores[candidates], groups[candidates], image_index[candidates],
-                         num_images, iou_threshold, one_call)
-        ]
-        kept_per_image = _counts(image_index[kept], num_images)
-        more = active & (kept_per_image < limit) & (per_image > prefix)
+        if dense and len(images) * prefix * prefix <= NMS_DENSE_ELEMENTS:
+            kept, kept_per_image = _dense_round(boxes, groups, order, image_sorted, rank, images, num_images, prefix,
+                                                iou_threshold)
+        else:
+            deciding = torch.zeros(num_images, dtype=torch.bool, device=device)
+            deciding[images] = True
+            candidates = order[(rank < prefix) & deciding[image_sorted]]
+            kept = candidates[
+                _grouped_nms(boxes[candidates], scores[candidates], groups[candidates], image_index[candidates],
+                             num_images, iou_threshold, one_call=dense)
+            ]
+            kept_per_image = _counts(image_index[kept], num_images)[images]
+        more = (kept_per_image < limit) & (per_image[images] > prefix)
         if not bool(more.any()):  # the usual case: every image decided, no mask to apply (one wait fewer)
             parts.append(kept)
             break
-        parts.append(kept[~more[image_index[kept]]])
-        active, prefix = more, prefix * 4
+        undecided = torch.zeros(num_images, dtype=torch.bool, device=device)
+        undecided[images[more]] = True
+        parts.append(kept[~undecided[image_index[kept]]])
+        images, prefix = images[more], prefix * 4
     kept = torch.cat(parts)
     kept = kept[_by_image_then_score(scores[kept], image_index[kept])]
     return kept[_rank_in_image(image_index[kept], num_images) < limit]
