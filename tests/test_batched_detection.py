@@ -151,6 +151,24 @@ def test_dense_greedy_nms_follows_long_chains_of_suppression():
     assert torch.equal(keep[1].nonzero().flatten(), torch.sort(want).values)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_dense_nms_on_the_gpu_is_torchvisions():
+    """On CUDA (where it is the default): the kept boxes of torchvision's CUDA batched_nms, image by image."""
+    rng = np.random.default_rng(4)
+    counts = [900, 0, 1500, 40] * 4
+    image_index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).cuda()
+    boxes = _random_boxes(rng, len(image_index)).cuda()
+    scores = torch.from_numpy(rng.uniform(0, 1, len(image_index)).astype(np.float32)).cuda()
+    labels = torch.from_numpy(rng.integers(0, 13, len(image_index))).cuda()
+    for iou, limit in ((0.5, 100), (0.6, 300)):
+        keep = nms_per_image(boxes, scores, labels, image_index, len(counts), iou, limit)
+        for i in range(len(counts)):
+            rows = torch.nonzero(image_index == i).flatten()
+            want = rows[batched_nms(boxes[rows], scores[rows], labels[rows], iou)[:limit]]
+            assert torch.equal(keep[image_index[keep] == i], want), (i, iou, limit)
+
+
 def test_resident_detections_on_an_empty_batch_and_bad_images():
     torch.manual_seed(0)
     config = TorchvisionDetectorConfig(**TINY)
