@@ -154,11 +154,13 @@ def test_dense_greedy_nms_follows_long_chains_of_suppression():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_dense_nms_on_the_gpu_is_torchvisions():
-    """On CUDA (where it is the default): the kept boxes of torchvision's CUDA batched_nms, image by image."""
+    """On CUDA (where it is the default): the kept boxes of torchvision's CUDA batched_nms, image by image. Whole
+    pixel coordinates, so that both compute every IoU exactly alike (a compiler may fuse a multiply and an add
+    in one kernel and not in the other: a different last bit could flip a box at the threshold)."""
     rng = np.random.default_rng(4)
     counts = [900, 0, 1500, 40] * 4
     image_index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).cuda()
-    boxes = _random_boxes(rng, len(image_index)).cuda()
+    boxes = _random_boxes(rng, len(image_index)).round().cuda()
     scores = torch.from_numpy(rng.uniform(0, 1, len(image_index)).astype(np.float32)).cuda()
     labels = torch.from_numpy(rng.integers(0, 13, len(image_index))).cuda()
     for iou, limit in ((0.5, 100), (0.6, 300)):
