@@ -100,13 +100,15 @@ def _random_boxes(rng, n, size=100.0):
 
 @pytest.mark.parametrize(
     "dense, dense_budget, per_call",
-    [(False, None, None), (True, None, None), (True, 300_000, None), (True, 0, None), (True, 0, 600)],
-    ids=["per-image", "dense", "dense-and-calls", "one-call", "calls-of-600-boxes"],
+    [(False, None, None), (True, None, None), (True, 350_000, None), (True, 100_000, None), (True, 0, None),
+     (True, 0, 600)],
+    ids=["per-image", "dense", "dense-two-images-at-a-time", "dense-and-calls", "one-call", "calls-of-600-boxes"],
 )
 def test_nms_per_image_is_batched_nms_image_by_image(dense, dense_budget, per_call, monkeypatch):
     """Every way: torchvision's NMS image by image (the CPU's); all images at once on their IoU matrices (the
-    GPU's); rounds too large for that in torchvision calls with offsets, of at most ``per_call`` boxes (an
-    image with more gets a call of its own); and a mix, the first round too large, the later ones not."""
+    GPU's), or as many at a time as the budget allows; rounds too large for that in torchvision calls with
+    offsets, of at most ``per_call`` boxes (an image with more gets a call of its own); and a mix, the first
+    round too large for one image, the later ones not."""
     if dense_budget is not None:
         monkeypatch.setattr(batched, "NMS_DENSE_ELEMENTS", dense_budget)
     if per_call is not None:

@@ -44,8 +44,9 @@ _FIRST_PREFIX = 4
 """:func:`nms_per_image` first looks at the best ``_FIRST_PREFIX * limit`` candidates of each image."""
 _MIN_PREFIX = 64
 NMS_DENSE_ELEMENTS = 1 << 24
-"""The dense NMS of a round (:func:`_greedy_keep`) holds a few (images x candidates x candidates) tensors:
-~270 MB at this many elements; a round over more runs torchvision's ``nms`` instead."""
+"""The dense NMS (:func:`_greedy_keep`) holds a few (images x candidates x candidates) tensors: ~270 MB at
+this many elements. It takes as many images at a time as fit; where one image's candidates alone would
+not, torchvision's ``nms`` runs instead."""
 NMS_BOXES_PER_CALL = 16384
 """Images share an NMS call (on the GPU) up to this many boxes: a call's work grows with the square of its
 boxes (an n x n/64 word mask, which one thread block then walks), so Faster R-CNN's proposals of 16 images in
@@ -264,9 +265,14 @@ def _greedy_keep(boxes: Tensor, groups: Tensor, valid: Tensor, iou_threshold: fl
 
 def _dense_round(boxes: Tensor, groups: Tensor, order: Tensor, image_sorted: Tensor, rank: Tensor, images: Tensor,
                  num_images: int, n: int, iou_threshold: float) -> tuple[Tensor, Tensor]:
-    """Greedy NMS of the best ``n`` candidates of each of ``images``, all at once (:func:`_greedy_keep` on a
-    (images, n) layout of them): the kept rows, grouped by image and by descending score, and how many each
-    image kept."""
+    """Greedy NMS of the best ``n`` candidates of each of ``images`` (:func:`_greedy_keep` on an (images, n)
+    layout of them; as many images at once as :data:`NMS_DENSE_ELEMENTS` allows): the kept rows, grouped by
+    image and by descending score, and how many each image kept."""
+    step = max(1, NMS_DENSE_ELEMENTS // (n * n))
+    if len(images) > step:
+        parts = [_dense_round(boxes, groups, order, image_sorted, rank, images[i : i + step], num_images, n,
+                              iou_threshold) for i in range(0, len(images), step)]
+        return torch.cat([kept for kept, _ in parts]), torch.cat([count for _, count in parts])
     b, device = len(images), boxes.device
     position = torch.full((num_images,), -1, dtype=torch.int64, device=device)
     position[images] = torch.arange(b, device=device)
@@ -303,8 +309,8 @@ def nms_per_image(
     Greedy NMS keeps or drops a box by looking at higher-scoring boxes only, so NMS over each image's best
     ``m`` candidates decides those exactly; ``m`` grows (x4) only for images where fewer than ``limit`` of
     them survive. ``dense`` (default: off the CPU) runs the NMS of all images at once on their IoU matrices
-    (:func:`_greedy_keep`; torchvision's calls, of up to :data:`NMS_BOXES_PER_CALL` boxes, where those would
-    exceed :data:`NMS_DENSE_ELEMENTS`); otherwise torchvision's ``nms`` runs image by image.
+    (:func:`_greedy_keep`; torchvision's calls, of up to :data:`NMS_BOXES_PER_CALL` boxes, where one image's
+    would exceed :data:`NMS_DENSE_ELEMENTS`); otherwise torchvision's ``nms`` runs image by image.
     """
     device = boxes.device
     if boxes.numel() == 0:
@@ -319,7 +325,7 @@ def nms_per_image(
     prefix = max(_FIRST_PREFIX * limit, _MIN_PREFIX)
     parts = []
     while True:
-        if dense and len(images) * prefix * prefix <= NMS_DENSE_ELEMENTS:
+        if dense and prefix * prefix <= NMS_DENSE_ELEMENTS:
             kept, kept_per_image = _dense_round(boxes, groups, order, image_sorted, rank, images, num_images, prefix,
                                                 iou_threshold)
         else:
