@@ -1,15 +1,13 @@
 """Batched, device-resident detection (clothret.detection.batched) against torchvision's own forward, on the CPU:
-the same boxes, scores and labels on seeded random models, and NMS per image against torchvision's batched_nms."""
+the same boxes, scores and labels on seeded random models, and few host operations per batch (NMS: test_nms.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import batched_nms
 
-from clothret.detection import batched
-from clothret.detection.batched import AnchorCache, detect_resident, nms_per_image
+from clothret.detection.batched import AnchorCache, detect_resident
 from clothret.detection.torchvision_backend import (
     ARCHITECTURES,
     TorchvisionDetector,
@@ -92,87 +90,6 @@ def test_channels_last_keeps_the_best_boxes(architecture):
         np.testing.assert_allclose(f.boxes[:5], p.boxes[:5], atol=1e-2)
 
 
-def _random_boxes(rng, n, size=100.0):
-    xy = rng.uniform(0, size, (n, 2))
-    wh = rng.uniform(2, size / 3, (n, 2))
-    return torch.tensor(np.concatenate([xy, xy + wh], 1), dtype=torch.float32)
-
-
-@pytest.mark.parametrize(
-    "dense, dense_budget, per_call",
-    [(False, None, None), (True, None, None), (True, 350_000, None), (True, 100_000, None), (True, 0, None),
-     (True, 0, 600)],
-    ids=["per-image", "dense", "dense-two-images-at-a-time", "dense-and-calls", "one-call", "calls-of-600-boxes"],
-)
-def test_nms_per_image_is_batched_nms_image_by_image(dense, dense_budget, per_call, monkeypatch):
-    """Every way: torchvision's NMS image by image (the CPU's); all images at once on their IoU matrices (the
-    GPU's), or as many at a time as the budget allows; rounds too large for that in torchvision calls with
-    offsets, of at most ``per_call`` boxes (an image with more gets a call of its own); and a mix, the first
-    round too large for one image, the later ones not."""
-    if dense_budget is not None:
-        monkeypatch.setattr(batched, "NMS_DENSE_ELEMENTS", dense_budget)
-    if per_call is not None:
-        monkeypatch.setattr(batched, "NMS_BOXES_PER_CALL", per_call)
-    rng = np.random.default_rng(3)
-    counts = [0, 500, 37, 1200, 3]
-    image_index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
-    perm = torch.from_numpy(rng.permutation(len(image_index)))  # rows of the images interleaved
-    image_index = image_index[perm]
-    boxes = _random_boxes(rng, len(image_index))
-    scores = torch.from_numpy(rng.uniform(0, 1, len(image_index)).astype(np.float32))
-    labels = torch.from_numpy(rng.integers(0, 4, len(image_index)))
-    for iou, limit in ((0.5, 100), (0.1, 7), (0.9, 1000)):
-        keep = nms_per_image(boxes, scores, labels, image_index, len(counts), iou, limit, dense=dense)
-        assert torch.equal(image_index[keep], torch.sort(image_index[keep], stable=True).values)
-        for i in range(len(counts)):
-            rows = torch.nonzero(image_index == i).flatten()
-            want = rows[batched_nms(boxes[rows], scores[rows], labels[rows], iou)[:limit]]
-            got = keep[image_index[keep] == i]
-            assert torch.equal(got, want), (i, iou, limit)
-
-
-def test_dense_greedy_nms_follows_long_chains_of_suppression():
-    """A row of boxes each overlapping the next (IoU 0.54): greedy NMS keeps every other one, a chain 300
-    boxes long that takes as many rounds to settle; with padding rows and two groups beside it."""
-    from torchvision.ops import nms
-
-    n = 300
-    x = torch.arange(n, dtype=torch.float32) * 3
-    chain = torch.stack([x, torch.zeros(n), x + 10, torch.full((n,), 10.0)], dim=1)
-    rng = np.random.default_rng(0)
-    scattered = _random_boxes(rng, n)
-    boxes = torch.stack([chain, scattered])
-    groups = torch.stack([torch.zeros(n, dtype=torch.int64), torch.from_numpy(rng.integers(0, 2, n))])
-    valid = torch.ones(2, n, dtype=torch.bool)
-    valid[1, 250:] = False  # padding
-    keep = batched._greedy_keep(boxes, groups, valid, 0.5)
-    scores = torch.linspace(1, 0, n)  # the rows are sorted by descending score
-    assert torch.equal(keep[0].nonzero().flatten(), nms(chain, scores, 0.5))
-    assert torch.equal(keep[0].nonzero().flatten(), torch.arange(0, n, 2))
-    want = batched_nms(scattered[:250], scores[:250], groups[1, :250], 0.5)
-    assert torch.equal(keep[1].nonzero().flatten(), torch.sort(want).values)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_dense_nms_on_the_gpu_is_torchvisions():
-    """On CUDA (where it is the default): the kept boxes of torchvision's CUDA batched_nms, image by image. Whole
-    pixel coordinates, so that both compute every IoU exactly alike (a compiler may fuse a multiply and an add
-    in one kernel and not in the other: a different last bit could flip a box at the threshold)."""
-    rng = np.random.default_rng(4)
-    counts = [900, 0, 1500, 40] * 4
-    image_index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).cuda()
-    boxes = _random_boxes(rng, len(image_index)).round().cuda()
-    scores = torch.from_numpy(rng.uniform(0, 1, len(image_index)).astype(np.float32)).cuda()
-    labels = torch.from_numpy(rng.integers(0, 13, len(image_index))).cuda()
-    for iou, limit in ((0.5, 100), (0.6, 300)):
-        keep = nms_per_image(boxes, scores, labels, image_index, len(counts), iou, limit)
-        for i in range(len(counts)):
-            rows = torch.nonzero(image_index == i).flatten()
-            want = rows[batched_nms(boxes[rows], scores[rows], labels[rows], iou)[:limit]]
-            assert torch.equal(keep[image_index[keep] == i], want), (i, iou, limit)
-
-
 def test_resident_detections_on_an_empty_batch_and_bad_images():
     torch.manual_seed(0)
     config = TorchvisionDetectorConfig(**TINY)
@@ -244,6 +161,6 @@ def test_post_processing_does_not_work_image_by_image(architecture, nms_stages):
         assert counter.by_name["aten.bincount.default"] == 0
         counts.append(counter)
     per_image = (counts[1].ops - counts[0].ops) / 4
-    assert per_image <= 5 * nms_stages, f"{per_image} operations per image ({counts[0].ops} for 4, {counts[1].ops} for 8)"
+    assert per_image <= 5 * nms_stages, f"{per_image} per image ({counts[0].ops} for 4 images, {counts[1].ops} for 8)"
     assert counts[1].waits - counts[0].waits == 4 * nms_stages  # the CPU's nms call per image
     assert counts[0].waits - 4 * nms_stages <= 4 * nms_stages, counts[0].waits  # the rest: a few per stage

@@ -52,7 +52,7 @@ step() {  # step NAME LIMIT_S LOG COMMAND...: run it under a time limit, note it
 # and worker loss on the cluster this machine gets (a LocalCUDACluster), each test bounded by pytest-timeout.
 tests=()
 for t in tests/test_gpu.py tests/test_engine_gpu.py tests/test_cuda_graphs.py \
-  "tests/test_batched_detection.py::test_dense_nms_on_the_gpu_is_torchvisions" \
+  tests/test_nms.py \
   "tests/test_worker_loss.py::test_a_worker_killed_midway_is_survived_and_reported[cpu]" \
   "tests/test_worker_loss.py::test_a_segment_that_kills_its_worker_every_time_fails_the_flow_in_bounded_time[sigkill-cpu]"; do
   [ -e "${t%%::*}" ] && tests+=("$t")
