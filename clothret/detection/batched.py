@@ -300,7 +300,7 @@ def _pool_rois(pooler: nn.Module, features: dict[str, Tensor], boxes: Tensor, im
     image): torchvision's ``MultiScaleRoIAlign`` with each level's boxes found by one sort, one wait for the
     device where torchvision waits once per level and converts every image's boxes on its own."""
     if not isinstance(pooler, MultiScaleRoIAlign):
-        counts = torch.bincount(image_index, minlength=len(image_sizes)).tolist()
+        counts = counts_per_index(image_index, len(image_sizes)).tolist()
         return pooler(features, list(boxes.split(counts)), image_sizes)
     maps = [value for name, value in features.items() if name in pooler.featmap_names]
     if pooler.scales is None or pooler.map_levels is None:

@@ -402,9 +402,14 @@ def category_ids_to_labels(category_ids: torch.Tensor, config: TorchvisionDetect
     return category_ids.to(torch.int64) - ARCHITECTURES[config.architecture].label_offset
 
 
-def labels_to_category_ids(labels: torch.Tensor, config: TorchvisionDetectorConfig) -> torch.Tensor:
-    """The model's internal labels -> DeepFashion2 category ids (1-based)."""
-    return labels.to(torch.int64) + ARCHITECTURES[config.architecture].label_offset
+def labels_to_category_ids(labels: torch.Tensor | np.ndarray, config: TorchvisionDetectorConfig
+                           ) -> torch.Tensor | np.ndarray:
+    """The model's internal labels -> DeepFashion2 category ids (1-based), as a tensor or numpy array like
+    ``labels``."""
+    offset = ARCHITECTURES[config.architecture].label_offset
+    if isinstance(labels, np.ndarray):
+        return labels.astype(np.int64) + offset
+    return labels.to(torch.int64) + offset
 
 
 # --------------------------------------------------------------------------------------------- images
@@ -530,8 +535,7 @@ class TorchvisionDetector:
 
 
 def _to_detections(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], config) -> list[Detections]:
-    offset = ARCHITECTURES[config.architecture].label_offset  # as labels_to_category_ids, on numpy arrays
-    return [Detections(boxes, scores, labels + offset) for boxes, scores, labels in parts]
+    return [Detections(boxes, scores, labels_to_category_ids(labels, config)) for boxes, scores, labels in parts]
 
 
 def save_detector(
