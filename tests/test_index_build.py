@@ -2,6 +2,7 @@
 rollback, and memory-mapped loading — all on seeded unit vectors, against a numpy brute-force reference."""
 
 import json
+import os
 import re
 
 import faiss
@@ -25,7 +26,7 @@ from clothret.index.publish import (
     rollback,
 )
 from clothret.index.rebuild import build_validated
-from clothret.index.search import SearchIndex, read_index_file
+from clothret.index.search import SearchIndex, prune_index_cache, read_index_file
 from clothret.index.validate import check_reload, recall_at_k, split_rows
 
 DIM = 32
@@ -371,6 +372,31 @@ def test_remote_build_is_cached_by_build_id_then_mapped(tmp_path):
     fs.rm(f"/index-{tmp_path.name}/builds/{build_id}/index.faiss")
     again = SearchIndex.load(root, cache_dir=cache)  # served from the cache, not downloaded again
     np.testing.assert_array_equal(again.search(queries, 10)[1], expected[1])
+
+
+def test_the_cache_keeps_the_builds_used_last(tmp_path):
+    root = f"memory://index-{tmp_path.name}"
+    feats = _uniform(100)
+    cache = tmp_path / "cache"
+    builds = [_publish(root, feats[: 50 + 10 * i], version=f"v{i}") for i in range(4)]
+
+    def cached():
+        return {d.name for d in cache.iterdir()}
+
+    for i, build_id in enumerate(builds[:3]):
+        SearchIndex.load(root, build_id, cache_dir=cache)
+        os.utime(cache / build_id / "index.faiss", (1000 + i, 1000 + i))  # file times apart, whatever the clock
+    assert cached() == set(builds[1:3])  # the first was deleted when the third came in
+    (cache / "download-under-way").mkdir()  # a folder without an index.faiss is left alone
+    again = SearchIndex.load(root, builds[1], cache_dir=cache)  # a cache hit: now the build used last
+    assert again.index.ntotal == 60
+    SearchIndex.load(root, builds[3], cache_dir=cache)
+    assert cached() == {builds[1], builds[3], "download-under-way"}
+    os.utime(cache / builds[1] / "index.faiss", (2000, 2000))
+    assert prune_index_cache(cache, keep=1, current=builds[1]) == []  # the build in use is never deleted
+    assert prune_index_cache(cache, keep=1) == [builds[1]]
+    with pytest.raises(ValueError, match="keep must be >= 1"):
+        prune_index_cache(cache, keep=0)
 
 
 def test_a_corrupt_download_is_refused(tmp_path):

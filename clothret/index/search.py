@@ -3,13 +3,17 @@
 A build's ``index.faiss`` is memory-mapped where faiss can map its type (flat and HNSW storage with
 ``IO_FLAG_MMAP_IFC``, IVF lists with ``IO_FLAG_MMAP``), so loading is fast and pages are shared between
 processes; other types are read into memory. A remote build (``s3://``, ``memory://``) is first copied to a
-local cache directory keyed by its build id; a local one is mapped in place.
+local cache directory keyed by its build id; a local one is mapped in place. The cache keeps the
+``CACHE_KEEP_BUILDS`` builds used last: a nightly refresh publishes a new build each night, and a
+searcher or an incremental builder would otherwise keep every one of them on its disk.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -30,6 +34,8 @@ from clothret.store.files import read_bytes
 logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "clothret-index-cache"
+CACHE_KEEP_BUILDS = 2
+"""Builds kept in an index cache directory: the one just used and the one before it (a rollback)."""
 _FLAT_CODES_FOURCC = (b"IxFI", b"IxF2", b"IxFl", b"IHNf")  # IndexFlatIP/L2/generic, IndexHNSWFlat
 
 
@@ -40,14 +46,17 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 def local_index_file(url: str, build_id: str, manifest: dict, cache_dir: str | Path | None = None) -> Path:
     """A local path of the index file at ``url``: the file itself when it is local, else a copy in
-    ``cache_dir/<build id>/`` (downloaded once, checked against the manifest's sha256, renamed into place)."""
+    ``cache_dir/<build id>/`` (downloaded once, checked against the manifest's sha256, renamed into place).
+    The cache then keeps the :data:`CACHE_KEEP_BUILDS` builds used last (:func:`prune_index_cache`)."""
     fs, path = fsspec.core.url_to_fs(url)
     if _is_local(fs):
         return Path(path)
     expected = manifest.get("files", {}).get("index.faiss", {})
-    target = Path(cache_dir or DEFAULT_CACHE_DIR) / build_id / "index.faiss"
+    cache = Path(cache_dir or DEFAULT_CACHE_DIR)
+    target = cache / build_id / "index.faiss"
     if target.exists() and target.stat().st_size == expected.get("bytes", target.stat().st_size):
         logger.info("index build %s found in the cache %s", build_id, target.parent)
+        os.utime(target)  # used now: the last to be pruned
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"index.faiss.tmp-{uuid.uuid4().hex[:12]}")
@@ -62,7 +71,30 @@ def local_index_file(url: str, build_id: str, manifest: dict, cache_dir: str | P
     finally:
         tmp.unlink(missing_ok=True)
     logger.info("index build %s copied from %s to %s", build_id, url, target)
+    prune_index_cache(cache, keep=CACHE_KEEP_BUILDS, current=build_id)
     return target
+
+
+def prune_index_cache(cache_dir: str | Path, *, keep: int = CACHE_KEEP_BUILDS, current: str | None = None) -> list[str]:
+    """Delete the cached builds of ``cache_dir`` but the ``keep`` used last (never ``current``); returns the
+    build ids deleted. Folders without an ``index.faiss`` (a download under way) are left alone, and a
+    process that still maps a deleted build's file keeps reading it (the file goes when it is unmapped)."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    cached = []
+    for folder in Path(cache_dir).iterdir():
+        try:
+            cached.append((os.stat(folder / "index.faiss").st_mtime, folder.name))
+        except OSError:  # not a build, a download under way, or pruned by another process just now
+            continue
+    by_use = [name for _, name in sorted(cached, reverse=True)]
+    stale = [name for name in by_use[keep:] if name != current]
+    for name in stale:
+        shutil.rmtree(Path(cache_dir) / name, ignore_errors=True)
+    if stale:
+        logger.info("index cache %s: deleted %d older build(s) (%s), kept %d", cache_dir, len(stale),
+                    ", ".join(stale), len(by_use) - len(stale))
+    return stale
 
 
 def mmap_flags(path: str | Path) -> int | None:
