@@ -9,9 +9,11 @@ records the kernels of one call once and replays them with a single launch.
 and dicts). On CUDA it captures a graph for each input shape, dtype, layout and autocast state the second
 time that key is seen (a key seen once runs eagerly: a one-off shape is not worth a capture), keeps at most
 ``max_graphs`` of them (least recently used dropped), and from then on copies the input into the graph's
-static input and replays it. Anywhere else (the CPU, while another capture is under way, after a failed
-capture) it calls ``fn``. The graphs of one :class:`GraphedCalls` share one memory pool, so they cost
-about the largest one's activations, not the sum.
+static input and replays it. When shapes vary so much that graphs are dropped before they pay off (after
+``2 * max_graphs`` captures, fewer than :data:`MIN_REPLAYS_PER_CAPTURE` replays per capture), it stops
+capturing, with one warning: new keys run eagerly, the graphs held still replay. Anywhere else (the CPU,
+while another capture is under way, after a failed capture) it calls ``fn``. The graphs of one
+:class:`GraphedCalls` share one memory pool, so they cost about the largest one's activations, not the sum.
 
 What a caller must know:
 
@@ -42,6 +44,9 @@ MAX_GRAPHS = 8
 """Graphs kept per :class:`GraphedCalls` (input shapes), least recently used dropped."""
 CAPTURE_ON_SIGHTING = 2
 """A key is captured the time it is seen for this many times (before that, ``fn`` runs eagerly)."""
+
+MIN_REPLAYS_PER_CAPTURE = 4
+"""Replays per capture (each costs a synchronisation and two eager calls) below which capturing stops."""
 
 _MAX_SIGHTINGS = 10_000  # distinct keys remembered before the counts start over
 _CAPTURE = threading.Lock()  # one capture at a time in the process: captures are rare, and each syncs the device
@@ -75,6 +80,7 @@ class GraphedCalls:
         self._pool = None  # one memory pool shared by this object's graphs
         self._stream: torch.cuda.Stream | None = None
         self.disabled: str | None = None  # why graphs are off for good (a capture failed), else None
+        self.stopped_capturing = False  # shapes varied too much: no new graphs, the held ones still replay
         self.captures = 0
         self.replays = 0
 
@@ -92,7 +98,7 @@ class GraphedCalls:
             if len(self._sightings) > _MAX_SIGHTINGS:
                 self._sightings.clear()
             self._sightings[key] += 1
-            if self._sightings[key] < self.capture_on_sighting:
+            if self._sightings[key] < self.capture_on_sighting or self._thrashing():
                 return self.fn(x)
             graph = self._capture(x, key)
             if graph is None:
@@ -103,6 +109,17 @@ class GraphedCalls:
         graph.graph.replay()
         self.replays += 1
         return graph.output
+
+    def _thrashing(self) -> bool:
+        """Whether capturing has stopped because graphs were dropped before they paid off (warns once)."""
+        if not self.stopped_capturing and self.captures >= 2 * self.max_graphs \
+                and self.replays < MIN_REPLAYS_PER_CAPTURE * self.captures:
+            self.stopped_capturing = True
+            logger.warning("%s: %d CUDA graphs captured but only %d replays: the input shapes vary too much for "
+                           "%d graphs; new shapes run eagerly from now on (the %d graphs held still replay). "
+                           "Batches of fewer shapes (group_by_shape) or cuda_graphs=false avoid the captures",
+                           self.name, self.captures, self.replays, self.max_graphs, len(self._graphs))
+        return self.stopped_capturing
 
     def _capture(self, x: torch.Tensor, key: tuple) -> _Graph | None:
         """Warm ``fn`` up on a side stream, capture it into this object's pool; ``None`` (and graphs off from
@@ -146,4 +163,4 @@ class GraphedCalls:
             return captured
 
 
-__all__ = ["CAPTURE_ON_SIGHTING", "MAX_GRAPHS", "GraphedCalls"]
+__all__ = ["CAPTURE_ON_SIGHTING", "MAX_GRAPHS", "MIN_REPLAYS_PER_CAPTURE", "GraphedCalls"]

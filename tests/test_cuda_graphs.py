@@ -1,9 +1,11 @@
 """CUDA graphs of the networks' dense parts (clothret.cuda_graphs): on a GPU the replays give the eager
-outputs, a key is captured on its second sighting, graphs of several shapes share a pool safely, and a
-failed capture falls back to eager calls; on the CPU the setting changes nothing but the batch padding."""
+outputs, a key is captured on its second sighting, graphs of several shapes share a pool safely, capturing
+stops when shapes vary too much, and a failed capture falls back to eager calls; on the CPU the setting
+changes nothing but the batch padding."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -126,6 +128,23 @@ def test_graphs_of_several_shapes_share_a_pool_and_the_least_used_is_dropped():
             torch.testing.assert_close(graphed(x).clone(), net(x))
     # 16x16 and 24x20 captured, 8x8 dropped 16x16 (least recently used), which came back and dropped 24x20
     assert graphed.captures == 4 and graphed.graphs == 2 and graphed.replays == 6
+
+
+@gpu
+@pytest.mark.gpu
+def test_capturing_stops_when_graphs_are_dropped_before_they_pay_off(caplog):
+    """One graph held and the shape changing every call: each call captured (one replay per capture) until
+    2 * max_graphs captures, then new shapes run eagerly and the held graph still replays, with one warning."""
+    net = _small_net()
+    graphed = GraphedCalls(net, max_graphs=1, capture_on_sighting=1, name="thrash")
+    sizes = [16, 24, 32, 40, 48, 40, 24]
+    with torch.inference_mode(), caplog.at_level(logging.WARNING, logger="clothret.cuda_graphs"):
+        for size in sizes:
+            x = torch.randn(2, 3, size, size, device="cuda")
+            torch.testing.assert_close(graphed(x).clone(), net(x))
+    assert graphed.stopped_capturing and graphed.captures == 2 and graphed.graphs == 1  # 24x24 held
+    assert graphed.replays == 3  # one after each capture, then 24x24 again; 32, 40, 48 and 40 ran eagerly
+    assert len([r for r in caplog.records if "vary too much" in r.getMessage()]) == 1
 
 
 @gpu
