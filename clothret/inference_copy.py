@@ -9,10 +9,15 @@ A network in eval mode does work at inference that its weights could have done o
   the next convolution casts back, and its CUDA kernel transposes a channels-last input to NCHW (and the
   next convolution transposes it back); :class:`InferenceGroupNorm` normalises in the input's precision
   and layout instead (statistics still accumulated in float32), which only moves the rounding to
-  bf16/fp16 that the next convolution applied anyway.
+  bf16/fp16 that the next convolution applied anyway;
+- an FPN's top-down step upsamples the coarser map to a new tensor and sums it with the lateral one;
+  :class:`InferenceFPN` adds the coarser map into the lateral one in place, broadcast over 2x2 blocks
+  (:func:`add_top_down`): the largest maps of the network are read and written once, not written,
+  read twice and written again, and the sums are the same.
 
-:func:`make_inference_copy` does both on a deep copy, and fuses each convolution with the bias, ReLU and
-residual add after it (:mod:`clothret.fused_convs`); the original model is left as it was (training,
+:func:`make_inference_copy` does the first two on a deep copy (the detectors' inference backbones put in
+the third), and fuses each convolution with the bias, ReLU and residual add after it
+(:mod:`clothret.fused_convs`); the original model is left as it was (training,
 checkpoints and torchvision's own forward keep using it). Folding and fusing follow the traced data flow
 (``torch.fx``), so they only touch a convolution whose output goes nowhere else; a module that cannot be
 traced (a detector head looping over its feature levels) is copied unfolded, its ``nn.Sequential`` towers
@@ -29,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from clothret.fused_convs import (
@@ -110,6 +116,42 @@ class InferenceGroupNorm(nn.GroupNorm):
         new = cls(norm.num_groups, norm.num_channels, eps=norm.eps, affine=norm.affine)
         new.load_state_dict(norm.state_dict())
         return new.to(next(norm.parameters(), torch.empty(0)).device).train(norm.training)
+
+
+def add_top_down(lateral: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """``lateral + F.interpolate(top, size=lateral.shape[-2:], mode="nearest")`` (an FPN's top-down step).
+    Where ``lateral`` is exactly twice ``top``'s size, in the same dtype, ``top`` is added into ``lateral`` in
+    place, each value over its 2x2 block (the same sums, in either memory layout), and ``lateral`` returned."""
+    n, c, h, w = lateral.shape
+    if (h, w) != (2 * top.shape[-2], 2 * top.shape[-1]) or top.dtype != lateral.dtype:
+        return lateral + F.interpolate(top, size=(h, w), mode="nearest")
+    lateral.view(n, c, h // 2, 2, w // 2, 2).add_(top[:, :, :, None, :, None])
+    return lateral
+
+
+class InferenceFPN(FeaturePyramidNetwork):
+    """torchvision's ``FeaturePyramidNetwork`` whose top-down steps run :func:`add_top_down`: with inputs
+    padded to a multiple of 32 every step doubles exactly, and the upsampled copy (and the sum's read of
+    it) is never made. Same modules, weights and outputs."""
+
+    def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        names, maps = list(x.keys()), list(x.values())
+        last_inner = self.get_result_from_inner_blocks(maps[-1], -1)
+        results = [self.get_result_from_layer_blocks(last_inner, -1)]
+        for idx in range(len(maps) - 2, -1, -1):
+            last_inner = add_top_down(self.get_result_from_inner_blocks(maps[idx], idx), last_inner)
+            results.insert(0, self.get_result_from_layer_blocks(last_inner, idx))
+        if self.extra_blocks is not None:
+            results, names = self.extra_blocks(results, maps, names)
+        return dict(zip(names, results))
+
+    @classmethod
+    def make(cls, fpn: FeaturePyramidNetwork) -> InferenceFPN:
+        """``fpn`` itself, its class changed in place (for a copy: :func:`~copy.deepcopy` it first)."""
+        if type(fpn) is not FeaturePyramidNetwork:
+            raise TypeError(f"expected torchvision's FeaturePyramidNetwork, got {type(fpn).__name__}")
+        fpn.__class__ = cls
+        return fpn
 
 
 def inference_group_norms(module: nn.Module) -> int:

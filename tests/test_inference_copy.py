@@ -19,7 +19,9 @@ from clothret.detection.torchvision_backend import (
 from clothret.embedding.config import EmbedderConfig
 from clothret.embedding.model import Embedder, EmbeddingNet
 from clothret.inference_copy import (
+    InferenceFPN,
     InferenceGroupNorm,
+    add_top_down,
     fold_batch_norms,
     group_norm_channels_last,
     inference_forward_features,
@@ -173,6 +175,47 @@ def test_channels_last_group_norm_runs_few_kernels():
     with OpCounter(kernels_only=True) as kernels:
         group_norm_channels_last(x, 8, weight, bias, 1e-5, input_bias)
     assert kernels.ops <= 14, kernels.by_name  # 25 before the statistics were combined in fewer steps
+
+
+@pytest.mark.parametrize("extra", ["maxpool", "p6p7", "none"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_inference_fpn_gives_torchvisions_maps_without_upsampled_copies(extra, layout):
+    """The same maps, bit for bit, in either layout; where every step doubles exactly no upsampling runs,
+    and a map that does not double (an odd size) takes torchvision's interpolate."""
+    import copy
+
+    from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
+
+    from clothret.op_count import OpCounter
+
+    torch.manual_seed(0)
+    blocks = {"maxpool": LastLevelMaxPool(), "p6p7": LastLevelP6P7(16, 16), "none": None}[extra]
+    fpn = FeaturePyramidNetwork([8, 12, 16], 16, extra_blocks=blocks).eval()
+    fused = InferenceFPN.make(copy.deepcopy(fpn))
+    assert type(fpn) is FeaturePyramidNetwork and type(fused) is InferenceFPN
+    for sizes, upsampled in (((32, 40), (16, 20), (8, 10)), 0), (((31, 40), (16, 20), (8, 10)), 1):
+        maps = {name: torch.randn(2, c, h, w).contiguous(memory_format=layout)
+                for name, c, (h, w) in zip("abc", (8, 12, 16), sizes)}
+        with torch.inference_mode():
+            want = fpn(maps)
+            with OpCounter() as ops:
+                got = fused(maps)
+        assert list(got) == list(want)
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+        assert ops.by_name["aten.upsample_nearest2d.vec"] == upsampled, ops.by_name
+    with pytest.raises(TypeError, match="FeaturePyramidNetwork"):
+        InferenceFPN.make(nn.Identity())
+
+
+def test_the_top_down_step_adds_in_place_only_what_it_may():
+    lateral, top = torch.randn(1, 4, 6, 8), torch.randn(1, 4, 3, 4)
+    want = lateral + nn.functional.interpolate(top, size=(6, 8), mode="nearest")
+    assert add_top_down(lateral, top) is lateral
+    torch.testing.assert_close(lateral, want, rtol=0, atol=0)
+    low = torch.randn(1, 4, 6, 8, dtype=torch.bfloat16)  # dtypes differ: a new float32 sum, as torchvision's
+    got = add_top_down(low, top)
+    assert got is not low and got.dtype == torch.float32
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.rpn import concat_box_prediction_layers
-from torchvision.ops import MultiScaleRoIAlign, roi_align
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _setup_scales
 
 from clothret.cuda_graphs import GraphedCalls
 from clothret.detection.nms import counts_per_index, nms_per_image
-from clothret.inference_copy import inference_group_norms, make_inference_copy
+from clothret.inference_copy import InferenceFPN, inference_group_norms, make_inference_copy
 
 logger = logging.getLogger(__name__)
 
@@ -423,12 +423,15 @@ class DenseParts:
 
 def _inference_backbone(backbone: nn.Module, *, fuse_convs: bool) -> nn.Module:
     """An inference copy of a backbone with an FPN: the trunk (``body``) through
-    :func:`~clothret.inference_copy.make_inference_copy`; the FPN's forward is not traceable."""
+    :func:`~clothret.inference_copy.make_inference_copy` (the FPN's forward is not traceable), the FPN an
+    :class:`~clothret.inference_copy.InferenceFPN`."""
     memo = {}
     if hasattr(backbone, "body"):
         memo[id(backbone.body)] = make_inference_copy(backbone.body, fuse_convs=fuse_convs)
     new = copy.deepcopy(backbone, memo).eval()  # the rest copied, the trunk's copy put in
     inference_group_norms(new)
+    if type(getattr(new, "fpn", None)) is FeaturePyramidNetwork:
+        InferenceFPN.make(new.fpn)
     return new
 
 
