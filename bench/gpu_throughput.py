@@ -54,7 +54,7 @@ from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clothret.cuda_graphs import CAPTURE_ON_SIGHTING  # noqa: E402
+from clothret.cuda_graphs import CAPTURE_ON_SIGHTING, GraphedCalls  # noqa: E402
 from clothret.datasets.catalogue import ManifestEntry  # noqa: E402
 from clothret.detection.crops import crop_resized  # noqa: E402
 from clothret.detection.fusion import FusionConfig  # noqa: E402
@@ -315,12 +315,40 @@ class EndToEnd:
     peak_gb: float  # reserved by the caching allocator: what the process holds
     peak_allocated_gb: float  # in tensors: reserved minus this is the allocator's own (per-stream pools, gaps)
     warm_up_s: float
+    graphs: dict | None = None  # CUDA graphs of the timed run (:func:`graph_counts`), when any network has them
 
     def summary(self) -> dict:
-        return {"e2e_images_per_s": round(len(self.result.image_ids) / self.seconds, 2),
-                "peak_gpu_memory_gb": round(self.peak_gb, 2),
-                "peak_gpu_allocated_gb": round(self.peak_allocated_gb, 2), "warm_up_s": round(self.warm_up_s, 1),
-                "failed": self.result.n_failed}
+        out = {"e2e_images_per_s": round(len(self.result.image_ids) / self.seconds, 2),
+               "peak_gpu_memory_gb": round(self.peak_gb, 2),
+               "peak_gpu_allocated_gb": round(self.peak_allocated_gb, 2), "warm_up_s": round(self.warm_up_s, 1),
+               "failed": self.result.n_failed}
+        return out | ({"cuda_graphs": self.graphs} if self.graphs else {})
+
+
+def _graphed_calls(models: LoadedModels) -> dict[str, GraphedCalls]:
+    """The networks that run through CUDA graphs now, by name."""
+    found = {}
+    for detector in models.detectors:
+        graphs = getattr(getattr(detector, "_parts", None), "graphs", None)
+        if isinstance(graphs, GraphedCalls):
+            found[detector.name] = graphs
+    for embedder in models.embedders:
+        if isinstance(getattr(embedder, "_forward", None), GraphedCalls):
+            found[f"embedder {embedder.name}"] = embedder._forward
+    return found
+
+
+def graph_counts(models: LoadedModels, before: dict[str, tuple[int, int]] | None = None) -> dict:
+    """Per network with CUDA graphs: captures and replays (since ``before``, a snapshot of ``(captures,
+    replays)`` by name), graphs held, and why it stopped capturing or runs eagerly, if it does."""
+    out = {}
+    for name, calls in _graphed_calls(models).items():
+        captures, replays = (before or {}).get(name, (0, 0))
+        out[name] = {"captures": calls.captures - captures, "replays": calls.replays - replays,
+                     "held": calls.graphs}
+        if calls.disabled or calls.stopped_capturing:
+            out[name]["off"] = calls.disabled or "stopped capturing: shapes vary too much"
+    return out
 
 
 def end_to_end(entries: list, models: LoadedModels, engine: EngineConfig, device: torch.device) -> EndToEnd:
@@ -335,11 +363,12 @@ def end_to_end(entries: list, models: LoadedModels, engine: EngineConfig, device
     warm_s = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    before = {name: (calls.captures, calls.replays) for name, calls in _graphed_calls(models).items()}
     result, seconds = timed(device, run_segment, entries, models, engine=engine)
     cuda = device.type == "cuda"
     peak_gb = torch.cuda.max_memory_reserved(device) / 1e9 if cuda else 0.0
     allocated_gb = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else 0.0
-    return EndToEnd(result, seconds, peak_gb, allocated_gb, warm_s)
+    return EndToEnd(result, seconds, peak_gb, allocated_gb, warm_s, graph_counts(models, before))
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -424,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     result, e2e_s, peak_gb = run.result, run.seconds, run.peak_gb
     e2e = n_images / e2e_s
     logger.info("engine: %d images in %.2f s, %d boxes, %d failed", n_images, e2e_s, len(result.boxes), result.n_failed)
+    if run.graphs:
+        logger.info("engine: CUDA graphs in the timed run: %s", json.dumps(run.graphs))
 
     # ---- stages of the new path
     batches, decode_s = timed(device, decode_all, entries, device, args.batch_size)
@@ -567,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": device_name,
         "peak_gpu_memory_gb": round(peak_gb, 2),
         "peak_gpu_allocated_gb": round(run.peak_allocated_gb, 2),
+        "cuda_graphs": run.graphs,
         "images": n_images,
         "boxes": int(len(result.boxes)),
         "failed": result.n_failed,

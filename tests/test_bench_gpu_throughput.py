@@ -15,7 +15,7 @@ def test_gpu_throughput_small_prints_the_table_and_the_json_line(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu_throughput.py"), "--small", "--images", "24", "--threads", "1",
          "--device", "cpu", "--out", str(tmp_path), "--profile", "--mixed-orientation", "--variants",
-         "fold_norms=false;batch_size=8"],
+         "fold_norms=false;batch_size=8;cuda_graphs=true"],
         cwd=ROOT, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -37,8 +37,12 @@ def test_gpu_throughput_small_prints_the_table_and_the_json_line(tmp_path):
     assert set(summary["torchvision_host_ops_per_batch"]) == set(summary["host_ops_per_batch"])
     assert all(summary["host_waits_per_batch"][name] < summary["torchvision_host_waits_per_batch"][name]
                for name in summary["host_ops_per_batch"])
-    assert set(summary["variants"]) == {"fold_norms=false", "batch_size=8"}
+    assert set(summary["variants"]) == {"fold_norms=false", "batch_size=8", "cuda_graphs=true"}
     assert all(v["e2e_images_per_s"] > 0 and v["failed"] == 0 for v in summary["variants"].values())
+    assert summary["cuda_graphs"] == {} and "cuda_graphs" not in summary["variants"]["batch_size=8"]
+    graphs = summary["variants"]["cuda_graphs=true"]["cuda_graphs"]  # each network's counts; on the CPU none
+    assert set(graphs) == {"fcos", "retinanet", "faster_rcnn", "embedder cgd"}, graphs
+    assert all(g == {"captures": 0, "replays": 0, "held": 0} for g in graphs.values()), graphs
     assert set(summary["profiles"]) == {"fcos", "retinanet", "faster_rcnn"}
     for name, profile in summary["profiles"].items():
         assert profile["images"] > 0 and profile["wall_ms"] > 0 and profile["top_ms"], name
