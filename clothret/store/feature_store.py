@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import uuid
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -247,9 +246,9 @@ def _check_attempt(url: str, marker: dict, found: dict | None) -> str | None:
 def _check_first_layout(url: str, marker: dict) -> str | None:
     try:
         group = zarr.open_group(url, mode="r")
-        with warnings.catch_warnings():  # the marker beside the arrays is "not a component of a Zarr hierarchy"
-            warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
-            present = set(group.array_keys())
+        # each array looked up by name: listing the group would read the marker beside the arrays too, and zarr
+        # warns (from its own thread, past any warnings filter here) that it is not a part of the hierarchy
+        present = {name for name in ARRAYS if name in group}
     except (FileNotFoundError, KeyError, ValueError, zarr.errors.NodeNotFoundError) as exc:
         return f"no readable Zarr group under the segment ({type(exc).__name__})"
     missing = [name for name in ARRAYS if name not in present]
