@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from clothret.detection.batched import AnchorCache, detect_resident
+from clothret.detection.batched import AnchorCache, _in_box_order, _pool_rois, detect_resident
 from clothret.detection.torchvision_backend import (
     ARCHITECTURES,
     TorchvisionDetector,
@@ -72,6 +72,25 @@ def test_batched_detection_is_torchvisions(architecture, settings):
     got = detector.detect_resident([torch.from_numpy(img).permute(2, 0, 1) for img in images])
     assert sum(len(d) for d in expected) > 0
     _assert_same(expected, got)
+
+
+def test_faster_rcnn_pools_its_proposals_on_every_level_as_torchvision():
+    """With proposals of every size (800 px images, anchors up to 512 px, each level's best proposals kept) the
+    box head runs on rows in level order, and its outputs must go back to their proposals (on the small
+    images above every proposal pools on the first level)."""
+    torch.manual_seed(0)
+    config = TorchvisionDetectorConfig(architecture="faster_rcnn", **{**TINY, "min_size": 800, "max_size": 1066},
+                                       min_level=2, max_level=6, anchor_scale=2.0, score_thresh=0.0)
+    detector = TorchvisionDetector(build_detector_model(config), config, name="faster_rcnn")
+    detector.model.rpn._post_nms_top_n["testing"] = 4000
+    images = [np.random.default_rng(i).integers(0, 256, size=(600, 800, 3), dtype=np.uint8) for i in range(2)]
+    levels = []
+    pooler = detector.model.roi_heads.box_roi_pool
+    hook = pooler.register_forward_hook(lambda m, args, out: levels.append(m.map_levels(args[1])))
+    expected = detector.detect(images)
+    hook.remove()
+    assert len(set(torch.cat(levels).tolist())) == 4
+    _assert_same(expected, detector.detect_resident([torch.from_numpy(img).permute(2, 0, 1) for img in images]))
 
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
@@ -164,3 +183,28 @@ def test_post_processing_does_not_work_image_by_image(architecture, nms_stages):
     assert per_image <= 5 * nms_stages, f"{per_image} per image ({counts[0].ops} for 4 images, {counts[1].ops} for 8)"
     assert counts[1].waits - counts[0].waits == 4 * nms_stages  # the CPU's nms call per image
     assert counts[0].waits - 4 * nms_stages <= 4 * nms_stages, counts[0].waits  # the rest: a few per stage
+
+
+def test_rois_of_all_levels_are_pooled_as_torchvisions_pooler_pools_them():
+    """Boxes from 8 to 560 px fall on all four levels: the rows come in level order, each the pooler's own row
+    for its box, and the head's outputs go back to the boxes' order."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    torch.manual_seed(0)
+    sizes = [(640, 576), (608, 640)]
+    features = {str(i): torch.randn(2, 8, 640 // 4 // 2**i, 640 // 4 // 2**i) for i in range(4)}
+    per_image = []
+    for h, w in sizes:
+        side = torch.exp(torch.empty(40).uniform_(np.log(8), np.log(560)))
+        x1, y1 = torch.rand(40) * (w - side).clamp(min=1), torch.rand(40) * (h - side).clamp(min=1)
+        per_image.append(torch.stack([x1, y1, x1 + side, y1 + side], dim=1))
+    pooler = MultiScaleRoIAlign(list(features), output_size=7, sampling_ratio=2)
+    want = pooler(features, per_image, sizes)
+    boxes, image_index = torch.cat(per_image), torch.arange(2).repeat_interleave(40)
+    got, order = _pool_rois(MultiScaleRoIAlign(list(features), output_size=7, sampling_ratio=2), features, boxes,
+                            image_index, sizes)
+    levels = pooler.map_levels([boxes])
+    assert len(set(levels.tolist())) == 4 and not torch.equal(order, torch.arange(len(boxes)))
+    torch.testing.assert_close(got, want[order])
+    (back,) = _in_box_order(order, got.flatten(1))
+    torch.testing.assert_close(back, want.flatten(1))

@@ -295,13 +295,18 @@ def _proposals(model: FasterRCNN, feature_shapes: list[Sequence[int]], objectnes
 
 
 def _pool_rois(pooler: nn.Module, features: dict[str, Tensor], boxes: Tensor, image_index: Tensor,
-               image_sizes: list[tuple[int, int]]) -> Tensor:
+               image_sizes: list[tuple[int, int]]) -> tuple[Tensor, Tensor | None]:
     """``pooler(features, boxes per image, image_sizes)`` for boxes of all images at once (rows grouped by
     image): torchvision's ``MultiScaleRoIAlign`` with each level's boxes found by one sort, one wait for the
-    device where torchvision waits once per level and converts every image's boxes on its own."""
+    device where torchvision waits once per level and converts every image's boxes on its own.
+
+    Returns the pooled features and ``order``: row ``i`` pools box ``order[i]`` (``None``: the boxes' own
+    order). The rows stay in level order, written straight into one tensor: putting them back in the boxes'
+    order would be one more pass over the largest tensor of the box head (~400 MB for 16 images in bf16),
+    where the head's outputs (a few MB) can be put back instead."""
     if not isinstance(pooler, MultiScaleRoIAlign):
         counts = counts_per_index(image_index, len(image_sizes)).tolist()
-        return pooler(features, list(boxes.split(counts)), image_sizes)
+        return pooler(features, list(boxes.split(counts)), image_sizes), None
     maps = [value for name, value in features.items() if name in pooler.featmap_names]
     if pooler.scales is None or pooler.map_levels is None:
         pooler.scales, pooler.map_levels = _setup_scales(maps, image_sizes, pooler.canonical_scale,
@@ -309,19 +314,29 @@ def _pool_rois(pooler: nn.Module, features: dict[str, Tensor], boxes: Tensor, im
     rois = torch.cat([image_index[:, None].to(boxes.dtype), boxes], dim=1)
     pool = {"output_size": pooler.output_size, "sampling_ratio": pooler.sampling_ratio}
     if len(maps) == 1:
-        return roi_align(maps[0], rois, spatial_scale=pooler.scales[0], **pool)
+        return roi_align(maps[0], rois, spatial_scale=pooler.scales[0], **pool), None
     level = pooler.map_levels([boxes])
     order = torch.argsort(level, stable=True)
     counts = counts_per_index(level, len(maps)).tolist()
-    out = torch.zeros((len(rois), maps[0].shape[1], *pooler.output_size), dtype=maps[0].dtype, device=boxes.device)
-    # roi_align runs in float32 on NCHW maps: one copy makes a bf16 channels-last map both (autocast's cast and
-    # the kernel's own .contiguous() would be two passes over the largest map of the network)
-    pooled = [roi_align(fmap.to(torch.float32, memory_format=torch.contiguous_format), part, spatial_scale=scale,
-                        **pool)
-              for fmap, scale, part in zip(maps, pooler.scales, rois[order].split(counts)) if len(part)]
-    if pooled:
-        out[order] = torch.cat(pooled).to(out.dtype)
-    return out
+    out = torch.empty((len(rois), maps[0].shape[1], *pooler.output_size), dtype=maps[0].dtype, device=boxes.device)
+    start = 0
+    for fmap, scale, part in zip(maps, pooler.scales, rois[order].split(counts)):
+        if len(part):
+            # roi_align runs in float32 on NCHW maps: one copy makes a bf16 channels-last map both (autocast's
+            # cast and the kernel's own .contiguous() would be two passes over the largest map of the network)
+            out[start : start + len(part)] = roi_align(
+                fmap.to(torch.float32, memory_format=torch.contiguous_format), part, spatial_scale=scale, **pool)
+        start += len(part)
+    return out, order
+
+
+def _in_box_order(order: Tensor | None, *rows: Tensor) -> list[Tensor]:
+    """Rows computed in ``order`` (see :func:`_pool_rois`) put back in the boxes' own order."""
+    if order is None:
+        return list(rows)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return [r[inverse] for r in rows]
 
 
 def _two_stage(model: FasterRCNN, prepared: _Prepared, anchors: AnchorCache, parts: DenseParts,
@@ -333,8 +348,8 @@ def _two_stage(model: FasterRCNN, prepared: _Prepared, anchors: AnchorCache, par
     proposals, image_index = _proposals(model, [f.shape[-2:] for f in features.values()], objectness, deltas,
                                         prepared, anchors)
     with amp():
-        pooled = _pool_rois(heads.box_roi_pool, features, proposals, image_index, prepared.sizes)
-        class_logits, box_regression = heads.box_predictor(parts.box_head(pooled))
+        pooled, order = _pool_rois(heads.box_roi_pool, features, proposals, image_index, prepared.sizes)
+        class_logits, box_regression = _in_box_order(order, *heads.box_predictor(parts.box_head(pooled)))
     num_images = len(prepared.sizes)
     device = prepared.batch.device
     boxes = heads.box_coder.decode(box_regression.float(), [proposals])  # (R, C, 4)
