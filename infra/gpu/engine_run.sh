@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The segment engine's GPU measurement in one run (~8 minutes on one H100/H200): the paper-sized bench with
+# CUDA graphs, batch 32 and sequential detectors as variants and a profile of each detector, batch 32 with
+# expandable allocator segments, alternating portrait and landscape images with CUDA graphs (do graphs hold
+# when shapes vary?), then the engine's GPU tests. Every step has its own time limit and log:
+#
+#   PYTHON=python3 infra/gpu/engine_run.sh OUT_DIR
+#
+#   OUT_DIR/summary.txt       each step's exit status and seconds, the end-to-end rows, the test outcomes
+#   OUT_DIR/main/             the bench's table (gpu_throughput.txt), JSON and profiles; main.log its log
+#   OUT_DIR/batch32x/, OUT_DIR/mixed/   the other two bench runs (their logs beside them)
+#   OUT_DIR/tests.log         pytest's output
+#
+# ENGINE_RUN_ARGS is added to each bench run's options: ENGINE_RUN_ARGS='--small --device cpu --images 24'
+# runs the script through on a machine without a GPU in a minute (the GPU tests skip).
+set -u
+out="${1:?usage: PYTHON=python3 infra/gpu/engine_run.sh OUT_DIR}"
+py="${PYTHON:-python3}"
+cd "$(dirname "$0")/../.."
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+summary="$out/summary.txt"
+: > "$summary"
+
+step() {  # step NAME LIMIT_S LOG COMMAND...: run it under a time limit, note its status and duration
+  local name=$1 limit=$2 log=$3 start rc
+  shift 3
+  start=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@" > "$log" 2>&1
+  rc=$?
+  echo "$name: exit $rc in $(( $(date +%s) - start )) s$([ "$rc" = 124 ] && echo " (time limit ${limit} s)")" >> "$summary"
+}
+
+bench() {  # bench NAME LIMIT_S [ENV=VALUE ...] -- ARGS...: bench/gpu_throughput.py into OUT_DIR/NAME
+  local name=$1 limit=$2
+  shift 2
+  local envs=()
+  while [ "$1" != "--" ]; do envs+=("$1"); shift; done
+  shift
+  # shellcheck disable=SC2086  # ENGINE_RUN_ARGS: several options
+  step "$name" "$limit" "$out/$name.log" env "${envs[@]}" "$py" bench/gpu_throughput.py --out "$out/$name" "$@" \
+    ${ENGINE_RUN_ARGS:-}
+  rm -rf "$out/$name/images"
+  sed -n '/^end to end/,$p' "$out/$name/gpu_throughput.txt" 2>/dev/null | head -60 >> "$summary"
+  grep -E "CUDA graphs in the timed run|gpu_throughput: variant .*cuda_graphs|vary too much" "$out/$name.log" | tail -8 >> "$summary"
+}
+
+bench main 240 -- --images 384 --skip-old --profile \
+  --variants 'cuda_graphs=true;cuda_graphs=true,batch_size=32;batch_size=32;concurrent_detectors=false'
+bench batch32x 100 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True -- --images 192 --skip-old --batch-size 32
+bench mixed 80 -- --images 192 --skip-old --mixed-orientation --variants cuda_graphs=true
+step tests 200 "$out/tests.log" "$py" -m pytest -q -p no:cacheprovider --timeout 150 -rs \
+  tests/test_cuda_graphs.py tests/test_engine_gpu.py tests/test_nms.py tests/test_inference_copy.py \
+  tests/test_batched_detection.py
+grep -E "passed|failed|FAILED|ERROR" "$out/tests.log" | tail -15 >> "$summary"
