@@ -19,24 +19,8 @@
 # GPU_THROUGHPUT_VARIANTS='cudnn_benchmark=true;batch_size=32' adds end-to-end rows under other engine
 # settings to the throughput run (raise GPU_THROUGHPUT_LIMIT to match: ~15 s a variant, minutes with compile);
 # GPU_THROUGHPUT_ARGS='--profile' adds more options (a profile of each detector: OUT_DIR/profile_<name>.txt).
-set -u
-out="${1:?usage: PYTHON=python3 infra/gpu/check.sh OUT_DIR}"
-py="${PYTHON:-python3}"
-cd "$(dirname "$0")/../.."
-mkdir -p "$out"
-out="$(cd "$out" && pwd)"
+. "$(dirname "$0")/steps.sh" "$@"
 export DASK_LOGGING__DISTRIBUTED=info PYTHONFAULTHANDLER=1 PYTHONUNBUFFERED=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
-: > "$out/summary.txt"
-
-step() {  # step NAME LIMIT_S LOG COMMAND...: run it under a time limit, note its status and duration
-  local name=$1 limit=$2 log=$3 start rc
-  shift 3
-  start=$(date +%s)
-  timeout --kill-after=10 "$limit" "$@" >> "$log" 2>&1
-  rc=$?
-  echo "$name: exit $rc in $(( $(date +%s) - start )) s$([ "$rc" = 124 ] && echo " (time limit ${limit} s)")" >> "$out/summary.txt"
-  return $rc
-}
 
 {
   nvidia-smi || echo "nvidia-smi: not found"

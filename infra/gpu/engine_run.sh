@@ -13,23 +13,8 @@
 #
 # ENGINE_RUN_ARGS is added to each bench run's options: ENGINE_RUN_ARGS='--small --device cpu --images 24'
 # runs the script through on a machine without a GPU in a minute (the GPU tests skip).
-set -u
-out="${1:?usage: PYTHON=python3 infra/gpu/engine_run.sh OUT_DIR}"
-py="${PYTHON:-python3}"
-cd "$(dirname "$0")/../.."
-mkdir -p "$out"
-out="$(cd "$out" && pwd)"
+. "$(dirname "$0")/steps.sh" "$@"
 summary="$out/summary.txt"
-: > "$summary"
-
-step() {  # step NAME LIMIT_S LOG COMMAND...: run it under a time limit, note its status and duration
-  local name=$1 limit=$2 log=$3 start rc
-  shift 3
-  start=$(date +%s)
-  timeout --kill-after=10 "$limit" "$@" > "$log" 2>&1
-  rc=$?
-  echo "$name: exit $rc in $(( $(date +%s) - start )) s$([ "$rc" = 124 ] && echo " (time limit ${limit} s)")" >> "$summary"
-}
 
 bench() {  # bench NAME LIMIT_S [ENV=VALUE ...] -- ARGS...: bench/gpu_throughput.py into OUT_DIR/NAME
   local name=$1 limit=$2
