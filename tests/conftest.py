@@ -32,6 +32,18 @@ TINY_DETECTOR = {"steps": 8, "batch_size": 4, "model": {"fpn_channels": 32}}
 TINY_EMBEDDER = {"steps": 8, "p_identities": 4, "k_instances": 2}
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped, with the reason, where torch sees no CUDA GPU (``-m gpu`` selects them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def at_most_two_torch_threads():
     """torch on at most two threads for the test (CI's machine has two cores), as before afterwards."""

@@ -24,8 +24,6 @@ TINY = {"backbone": "mobilenet_v3_small", "fpn_channels": 32, "min_size": 64, "m
         "detections_per_img": 20}
 ARCHITECTURES = ["fcos", "retinanet", "faster_rcnn"]
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 def _images(seed: int, device: str, shapes=((60, 80),) * 5 + ((80, 60),)) -> list[torch.Tensor]:
     rng = np.random.default_rng(seed)
@@ -93,7 +91,6 @@ def _small_net() -> nn.Module:
                          nn.Conv2d(16, 8, 3, padding=1)).cuda().eval()
 
 
-@gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16-autocast"])
 def test_a_key_is_captured_on_its_second_sighting_and_replays_give_the_eager_outputs(dtype):
@@ -115,7 +112,6 @@ def test_a_key_is_captured_on_its_second_sighting_and_replays_give_the_eager_out
     assert graphed.disabled is None and graphed.graphs == 1
 
 
-@gpu
 @pytest.mark.gpu
 def test_graphs_of_several_shapes_share_a_pool_and_the_least_used_is_dropped():
     """Alternating shapes: each replay's outputs are its own input's, although the graphs share memory."""
@@ -130,7 +126,6 @@ def test_graphs_of_several_shapes_share_a_pool_and_the_least_used_is_dropped():
     assert graphed.captures == 4 and graphed.graphs == 2 and graphed.replays == 6
 
 
-@gpu
 @pytest.mark.gpu
 def test_capturing_stops_when_graphs_are_dropped_before_they_pay_off(caplog):
     """One graph held and the shape changing every call: each call captured (one replay per capture) until
@@ -147,7 +142,6 @@ def test_capturing_stops_when_graphs_are_dropped_before_they_pay_off(caplog):
     assert len([r for r in caplog.records if "vary too much" in r.getMessage()]) == 1
 
 
-@gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_graphed_detectors_give_the_eager_detections(architecture):
@@ -179,7 +173,6 @@ print("eager after a failed capture")
 """
 
 
-@gpu
 @pytest.mark.gpu
 def test_a_failed_capture_falls_back_to_eager_calls():
     """A function that waits for the device cannot be captured: it runs eagerly, with one warning (in a process

@@ -10,10 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+pytestmark = pytest.mark.gpu  # skipped without a CUDA GPU (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import time
 import faiss
 import numpy as np
 import pytest
-import torch
 
 from clothret.index import gpu
 from clothret.index.build import build_index
@@ -20,7 +19,6 @@ from clothret.index.search import SearchIndex
 
 FAISS_GPU = pytest.mark.skipif(gpu.gpu_count() == 0, reason="faiss sees no GPU: needs the gpu extra (faiss-gpu) "
                                "and a CUDA GPU")
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def _features(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
@@ -69,7 +67,6 @@ def test_faiss_trains_and_searches_on_the_gpu_like_the_cpu(caplog):
 
 @pytest.mark.gpu
 @pytest.mark.slow
-@CUDA
 def test_refresh_flow_runs_on_a_local_cuda_cluster(prefect_server, tiny_workdir, tmp_path):
     pytest.importorskip("dask_cuda", reason="needs the gpu extra (dask-cuda)")
     from clothret.demo import build_catalogue
@@ -91,7 +88,6 @@ def test_refresh_flow_runs_on_a_local_cuda_cluster(prefect_server, tiny_workdir,
 
 
 @pytest.mark.gpu
-@CUDA
 def test_detector_trains_on_cuda_with_mixed_precision(tmp_path):
     from clothret.datasets.deepfashion2 import read_split
     from clothret.datasets.synthetic import SyntheticSizes, generate_dataset

@@ -73,7 +73,6 @@ def test_dense_greedy_nms_follows_long_chains_of_suppression():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_dense_nms_on_the_gpu_is_torchvisions():
     """On CUDA (where it is the default): the kept boxes of torchvision's CUDA batched_nms, image by image. Whole
     pixel coordinates, so that both compute every IoU exactly alike (a compiler may fuse a multiply and an add
