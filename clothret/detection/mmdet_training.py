@@ -74,17 +74,14 @@ def training_config(config: MMDetTrainConfig, annotation_file: str, work_dir: st
     cfg.work_dir = work_dir
     cfg.randomness = {"seed": config.seed}
     cfg.resume = any(Path(work_dir).glob("iter_*.pth"))  # mmengine resumes from the last checkpoint
+    if cfg.resume:  # with a load_from (a starting checkpoint), mmengine would resume from that one instead
+        cfg.load_from = None
     return cfg
 
 
 @contextlib.contextmanager
-def _unpickling_own_checkpoints(enabled: bool) -> Iterator[None]:
-    """Let mmengine resume from the checkpoints in our own work folder.
-
-    They hold the runner's logging state as pickled objects, which ``torch.load``'s weights-only default
-    refuses. They were written by this code into its private work folder, so for the run only (and only
-    when resuming) torch may unpickle them; model-zoo checkpoints still load weights-only.
-    """
+def _unpickling_allowed(enabled: bool) -> Iterator[None]:
+    """While inside, and only when ``enabled``: ``torch.load`` unpickles instead of loading weights only."""
     name = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
     previous = os.environ.get(name)
     if enabled:
@@ -96,6 +93,22 @@ def _unpickling_own_checkpoints(enabled: bool) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = previous
+
+
+def unpickle_only_own_checkpoints(runner, work_dir: str) -> None:
+    """Let ``runner`` resume from the checkpoints this code wrote into ``work_dir``, and unpickle nothing else.
+
+    They hold the runner's logging state as pickled objects, which ``torch.load``'s weights-only default
+    refuses. Only while the runner resumes from a file inside ``work_dir`` may torch unpickle; every other
+    load of the run (the backbone's pretrained weights, a model-zoo checkpoint) stays weights-only.
+    """
+    resume, own = runner.resume, Path(work_dir).resolve()
+
+    def resume_own(filename: str, *args, **kwargs):
+        with _unpickling_allowed(own in Path(filename).resolve().parents):
+            return resume(filename, *args, **kwargs)
+
+    runner.resume = resume_own
 
 
 def train_mmdet_detector(split_url: str, weights_url: str, config: MMDetTrainConfig, *, work_dir: str) -> str:
@@ -111,8 +124,8 @@ def train_mmdet_detector(split_url: str, weights_url: str, config: MMDetTrainCon
     Path(annotation_file).write_text(json.dumps(coco_detection_dict(records, image_sizes=True)))
     cfg = training_config(config, annotation_file, work_dir)
     runner = Runner.from_cfg(cfg)
-    with _unpickling_own_checkpoints(cfg.resume):
-        runner.train()
+    unpickle_only_own_checkpoints(runner, work_dir)
+    runner.train()
     model = runner.model.module if hasattr(runner.model, "module") else runner.model
     model.eval()
     detector = MMDetDetector(model, name=Path(weights_url).stem)
