@@ -80,12 +80,11 @@ def training_config(config: MMDetTrainConfig, annotation_file: str, work_dir: st
 
 
 @contextlib.contextmanager
-def _unpickling_allowed(enabled: bool) -> Iterator[None]:
-    """While inside, and only when ``enabled``: ``torch.load`` unpickles instead of loading weights only."""
+def _unpickling() -> Iterator[None]:
+    """While inside: ``torch.load`` unpickles instead of loading weights only."""
     name = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
     previous = os.environ.get(name)
-    if enabled:
-        os.environ[name] = "1"
+    os.environ[name] = "1"
     try:
         yield
     finally:
@@ -105,7 +104,9 @@ def unpickle_only_own_checkpoints(runner, work_dir: str) -> None:
     resume, own = runner.resume, Path(work_dir).resolve()
 
     def resume_own(filename: str, *args, **kwargs):
-        with _unpickling_allowed(own in Path(filename).resolve().parents):
+        if own not in Path(filename).resolve().parents:
+            return resume(filename, *args, **kwargs)
+        with _unpickling():
             return resume(filename, *args, **kwargs)
 
     runner.resume = resume_own
